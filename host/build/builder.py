@@ -1,0 +1,206 @@
+"""Builds one variant: for each component, convert to .tflite, verify, and record it in a manifest.
+
+Components are built one at a time and their memory is released between them, so the full-size
+model fits this machine. A cached component (same key) is reused without importing torch.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from host.build import cache
+from host.build.weights import WeightsSource
+from models.config import COMPONENTS, ModelConfig, Variant, component_opts, get_variant
+
+SCHEMA_VERSION = 1
+GATE_TIMESTEP = 500.0
+GATE_SEED = 1234
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class BuildOptions:
+    root: Path
+    verify: bool = True
+    threads: int = 2
+    components: tuple[str, ...] = COMPONENTS
+
+
+def component_key(component: str, cfg: ModelConfig, variant: Variant, weights: WeightsSource) -> str:
+    part = {"text_encoder": cfg.text_encoder, "unet": cfg.unet, "vae_decoder": cfg.vae}[component]
+    return cache.digest({
+        "component": component,
+        "config": part,
+        "geometry": {"image_size": cfg.image_size, "cfg_batch": cfg.cfg_batch},
+        "opts": component_opts(component, variant.opts),
+        "quantization": variant.quantization,
+        "weights": weights.identity,
+        "code": cache.code_hash(),
+        "tools": cache.tool_versions(),
+        "schema": SCHEMA_VERSION,
+    })
+
+
+def build_variant(variant: Variant, weights: WeightsSource, opts: BuildOptions, log: Log = print) -> tuple[dict, Path, bool]:
+    """Returns (manifest, build directory, whether everything came from the cache)."""
+    store = cache.Store(opts.root)
+    cfg = weights.config
+    keys = {c: component_key(c, cfg, variant, weights) for c in opts.components}
+    build_key = cache.digest({"components": keys, "variant": variant.name})
+    manifest = store.load_build(build_key)
+    if manifest is not None:
+        store.link_latest(cfg.name, variant.name, build_key)
+        return manifest, store.build_dir(build_key), True
+
+    comps = {}
+    for c in opts.components:
+        meta = store.load_component(keys[c])
+        if meta is None:
+            log(f"[{variant.name}] {c}: converting ...")
+            meta = _build_component(c, cfg, variant, weights, keys[c], store, opts, log)
+        else:
+            log(f"[{variant.name}] {c}: cached")
+        comps[c] = meta
+
+    final = store.build_dir(build_key)
+    tmp = store.staging(final)
+    for c in opts.components:
+        os.link(store.component_dir(keys[c]) / "model.tflite", tmp / f"{c}.tflite")
+        comps[c] = {**comps[c], "file": f"{c}.tflite", "cache_key": keys[c]}
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "model": cfg.name,
+        "config": cfg.to_dict(),
+        "config_hash": cfg.digest(),
+        "variant": {"name": variant.name, "switches": variant.opts.to_dict(), "quantization": variant.quantization},
+        "weights": weights.describe(),
+        "tokenizer": {"kind": "clip-bpe" if weights.tokenizer_dir else "fallback", "dir": weights.tokenizer_dir},
+        "components": comps,
+        "tool_versions": cache.tool_versions(),
+        "code_hash": cache.code_hash(),
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "build_key": build_key,
+    }
+    cache.Store.commit(tmp, final, "manifest.json", manifest)
+    store.link_latest(cfg.name, variant.name, build_key)
+    return store.load_build(build_key) or manifest, final, False
+
+
+def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights: WeightsSource, key: str,
+                     store: cache.Store, opts: BuildOptions, log: Log) -> dict:
+    import numpy as np
+    import torch
+
+    from host.build import gates, tflite_info
+    from host.build.convert import convert
+    from host.runtime import LiteRtModel
+    from models.components import OUTPUT_NAMES, build_module, load_weights, sample_inputs
+
+    _reset_peak_rss()
+    t0 = time.perf_counter()
+    inputs = sample_inputs(component, cfg, seed=GATE_SEED, timestep=GATE_TIMESTEP)
+    base_variant = get_variant("baseline")
+    is_baseline = variant.opts == base_variant.opts and variant.quantization == "fp32"
+    results: list[gates.GateResult] = []
+
+    def run_torch(module) -> np.ndarray:
+        with torch.no_grad():
+            y = module(**inputs).numpy()
+        gates.require_finite(component, "PyTorch output", y)
+        return y
+
+    # 1. The fp32 baseline PyTorch module: the reference every variant is held to.
+    base = build_module(component, cfg, base_variant.opts)
+    state = weights.state_dict(component, base)
+    load_weights(base, state)
+    y_base = run_torch(base)
+    del base
+    if opts.verify:
+        from host.build.reference import reference_module, reference_output
+
+        ref = reference_module(component, cfg, state)
+        y_ref = reference_output(component, ref, inputs, GATE_TIMESTEP)
+        del ref
+        results.append(gates.check("baseline_vs_diffusers", component, y_base, y_ref, "rel_err", gates.DIFFUSERS_REL_ERR))
+        gates.enforce(results)
+    gc.collect()
+
+    # 2. The variant module and its conversion.
+    module = build_module(component, cfg, variant.opts)
+    load_weights(module, state)
+    y_var = run_torch(module)
+    final = store.component_dir(key)
+    tmp = store.staging(final)
+    out_path = tmp / "model.tflite"
+    convert(component, module, inputs, OUTPUT_NAMES[component], variant.quantization, out_path)
+    del module, state
+    gc.collect()
+    convert_s = time.perf_counter() - t0
+
+    # 3. The .tflite against its own PyTorch module, and against the baseline.
+    lite = LiteRtModel(str(out_path), threads=opts.threads)
+    y_lite = lite.run(**{k: v.numpy() for k, v in inputs.items()})[OUTPUT_NAMES[component]]
+    del lite
+    results.append(gates.check("tflite_vs_torch", component, y_lite, y_var, "rel_err",
+                               gates.TFLITE_VS_TORCH_REL_ERR[variant.quantization]))
+    if not is_baseline:
+        wino = variant.opts.winograd_decoder if component == "vae_decoder" else variant.opts.winograd_unet
+        metric, bound = gates.variant_bounds(component, variant.quantization, wino)
+        results.append(gates.check("variant_vs_baseline", component, y_lite, y_base, metric, bound))
+    for r in results:
+        log(f"[{variant.name}] {component}: {r.check} {r.metric}={r.value:.3g} (bound {r.bound:g}) "
+            f"{'ok' if r.passed else 'FAILED'}")
+    gates.enforce(results)
+
+    hist = tflite_info.op_histogram(str(out_path))
+    meta = {
+        "component": component,
+        "signature": {
+            "name": component,
+            "inputs": [{"name": k, "shape": list(v.shape), "dtype": _dtype(v)} for k, v in inputs.items()],
+            "outputs": [{"name": OUTPUT_NAMES[component], "shape": list(y_lite.shape), "dtype": str(y_lite.dtype)}],
+        },
+        "switches": component_opts(component, variant.opts),
+        "quantization": variant.quantization,
+        "op_histogram": hist,
+        "composites": tflite_info.composite_names(str(out_path)),
+        "sha256": cache.file_sha256(out_path),
+        "size_bytes": out_path.stat().st_size,
+        "gates": [r.to_dict() for r in results],
+        "verified": opts.verify,
+        "build_seconds": round(time.perf_counter() - t0, 2),
+        "convert_seconds": round(convert_s, 2),
+        "peak_rss_bytes": _peak_rss(),
+    }
+    store.commit(tmp, final, "component.json", meta)
+    gc.collect()
+    return meta
+
+
+def _dtype(t) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _reset_peak_rss() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -1,0 +1,120 @@
+"""``python -m host.build``: build baseline / optimized / ladder variants as verified .tflite files."""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from host.errors import HarnessError
+from models.config import COMPONENTS, LADDER, QUANTIZATIONS, WINOGRAD_TILES, ConfigError, MODELS, get_variant
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def default_artifacts() -> Path:
+    return Path(os.environ.get("SDPHONE_ARTIFACTS", REPO / "artifacts"))
+
+
+def add_build_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by ``host.build`` and ``host.deploy``."""
+    p.add_argument("--model", default="sd14", help=f"architecture: {', '.join(MODELS)} (default sd14)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--variant", default="optimized", help=f"one of: {', '.join(LADDER)} (default optimized)")
+    g.add_argument("--ladder", action="store_true", help="every rung: " + " -> ".join(k for k in LADDER if k != "optimized"))
+    p.add_argument("--quant", default="fp32", help=f"weights: {', '.join(QUANTIZATIONS)} (default fp32)")
+    p.add_argument("--checkpoint", help="SD 1.x .safetensors / .ckpt file or diffusers folder (default: seeded random weights)")
+    p.add_argument("--seed-weights", type=int, default=0, help="seed of the random weights when no checkpoint is given")
+    p.add_argument("--artifacts", type=Path, default=None, help="artifact store (default $SDPHONE_ARTIFACTS or ./artifacts)")
+    sw = p.add_argument_group("switches (override the variant's)")
+    for name in ("gn_gelu", "softmax", "flash"):
+        sw.add_argument(f"--{name.replace('_', '-')}", dest=name, action=argparse.BooleanOptionalAction, default=None)
+    sw.add_argument("--winograd-unet", type=int, default=None, help=f"tile m in {WINOGRAD_TILES}, 0 = off")
+    sw.add_argument("--winograd-decoder", type=int, default=None, help=f"tile m in {WINOGRAD_TILES}, 0 = off")
+    sw.add_argument("--winograd-max-channels", type=int, default=None)
+    sw.add_argument("--flash-block-q", type=int, default=None)
+    sw.add_argument("--flash-block-kv", type=int, default=None)
+
+
+SWITCH_ARGS = ("gn_gelu", "softmax", "flash", "winograd_unet", "winograd_decoder", "winograd_max_channels",
+               "flash_block_q", "flash_block_kv")
+
+
+def variants_from_args(args) -> list:
+    overrides = {k: getattr(args, k) for k in SWITCH_ARGS if getattr(args, k) is not None}
+    if args.ladder:
+        if overrides:
+            raise ConfigError("--ladder builds the named rungs; switch overrides apply to --variant only")
+        return [get_variant(n, args.quant) for n in LADDER if n != "optimized"]
+    return [get_variant(args.variant, args.quant, **overrides)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m host.build", description=__doc__)
+    add_build_arguments(p)
+    p.add_argument("--image-size", type=int, default=None, help="image side in pixels (multiple of 64; default: the model's)")
+    p.add_argument("--components", nargs="+", default=list(COMPONENTS), choices=COMPONENTS)
+    p.add_argument("--no-verify", action="store_true", help="skip the diffusers conformance and variant gates (the .tflite check still runs)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for running the .tflite gates")
+    p.add_argument("--out", type=Path, help="also place the .tflite files and manifest.json of each variant under OUT/<variant>/")
+    return p
+
+
+def run_builds(args, log=print) -> list[tuple[dict, Path, bool]]:
+    from host.build.builder import BuildOptions, build_variant
+    from host.build.weights import resolve
+
+    root = args.artifacts or default_artifacts()
+    variants = variants_from_args(args)
+    weights = resolve(args.model, args.checkpoint, args.seed_weights, getattr(args, "image_size", None),
+                      str(root / "checkpoint-index.json"))
+    if weights.warning:
+        print(f"WARNING: {weights.warning}", file=sys.stderr)
+    opts = BuildOptions(root=root, verify=not getattr(args, "no_verify", False), threads=getattr(args, "threads", 2),
+                        components=tuple(getattr(args, "components", COMPONENTS)))
+    return [build_variant(v, weights, opts, log) for v in variants]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        results = run_builds(args)
+    except (HarnessError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for manifest, path, cached in results:
+        print(summary(manifest, path, cached))
+        if args.out:
+            dest = args.out / manifest["variant"]["name"]
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in path.iterdir():
+                target = dest / f.name
+                target.unlink(missing_ok=True)
+                try:
+                    os.link(f, target)
+                except OSError:
+                    shutil.copy2(f, target)
+    print(f"done in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def summary(manifest: dict, path: Path, cached: bool) -> str:
+    v = manifest["variant"]
+    lines = [f"{manifest['model']} / {v['name']} ({v['quantization']}){' [cached]' if cached else ''} -> {path}"]
+    for name, c in manifest["components"].items():
+        gates = ", ".join(f"{g['check']} {g['metric']}={_fmt(g['value'])}" for g in c["gates"])
+        rss = c.get("peak_rss_bytes")
+        lines.append(
+            f"  {name:<12} {c['size_bytes'] / 2**20:9.1f} MiB  build {c['build_seconds']:7.1f} s  "
+            f"peak RSS {rss / 2**30 if rss else float('nan'):5.2f} GiB  {gates}"
+        )
+    if manifest["weights"].get("warning"):
+        lines.append(f"  WARNING: {manifest['weights']['warning']}")
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    return "inf" if v is None else f"{v:.3g}"

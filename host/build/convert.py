@@ -1,0 +1,72 @@
+"""PyTorch module -> .tflite through litert-torch, one signature per component."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from host.errors import BuildError
+
+
+class _Named(torch.nn.Module):
+    """Gives the single output a stable signature name (e.g. "noise_pred")."""
+
+    def __init__(self, module: torch.nn.Module, output: str):
+        super().__init__()
+        self.module, self.output = module, output
+
+    def forward(self, **inputs):
+        return {self.output: self.module(**inputs)}
+
+
+def quant_config(quantization: str):
+    if quantization == "fp32":
+        return None
+    from litert_torch.generative.quantize import quant_recipes
+
+    if quantization == "fp16":
+        return quant_recipes.full_fp16_recipe()
+    if quantization == "int8":
+        return quant_recipes.full_dynamic_recipe()
+    raise BuildError(f"unknown quantization {quantization!r}")
+
+
+def convert(component: str, module: torch.nn.Module, inputs: dict[str, torch.Tensor], output: str,
+            quantization: str, out_path: Path) -> None:
+    import litert_torch
+
+    wrapped = _Named(module, output).eval()
+    try:
+        with _output_to(out_path.with_name("convert.log")):
+            edge = litert_torch.signature(component, wrapped, sample_kwargs=inputs).convert(
+                quant_config=quant_config(quantization)
+            )
+            edge.export(str(out_path))
+    except BuildError:
+        raise
+    except Exception as e:  # the converter raises many types; the message names the component
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise BuildError(f"{component}: conversion failed ({type(e).__name__}: {first})") from e
+
+
+@contextlib.contextmanager
+def _output_to(log_path: Path):
+    """Sends the converter's chatter (Python and native, stdout and stderr) to a log file."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)

@@ -1,0 +1,94 @@
+"""Verification gates. Every threshold is a named constant; every check rejects non-finite output.
+
+Metrics:
+  rel_err(test, ref) = ||test - ref||_2 / ||ref||_2
+  psnr_db(test, ref) = 10 log10(peak^2 / mse), peak = max(ref) - min(ref) (the reference's own range,
+                       2.0 for an image that spans [-1, 1]; robust for random-weight decoders too)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from host.errors import GateError
+
+# Each .tflite against the PyTorch module it was converted from, by weight precision.
+TFLITE_VS_TORCH_REL_ERR = {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.15}
+# Our baseline PyTorch modules against diffusers / transformers with the same weights (fp32).
+DIFFUSERS_REL_ERR = 1e-4
+# Optimized fp32 variants (their .tflite) against the baseline PyTorch module.
+VARIANT_REL_ERR = 1e-4
+VARIANT_PSNR_DB = 40.0
+# Winograd F(6x6, 3x3) loses more fp32 precision than m=2/4: its own bounds, from measurements on
+# the tiny and full configs (see README "Verification gates").
+WINOGRAD6_REL_ERR = 5e-4
+WINOGRAD6_PSNR_DB = 40.0
+# Quantized variants against the fp32 baseline: looser, since weights are rounded on purpose.
+QUANT_REL_ERR = {"fp16": 1e-2, "int8": 0.25}
+QUANT_PSNR_DB = {"fp16": 40.0, "int8": 20.0}
+
+
+def rel_err(test: np.ndarray, ref: np.ndarray) -> float:
+    ref = np.asarray(ref, np.float64)
+    den = float(np.linalg.norm(ref))
+    return float(np.linalg.norm(np.asarray(test, np.float64) - ref) / (den if den > 0 else 1.0))
+
+
+def psnr_db(test: np.ndarray, ref: np.ndarray) -> float:
+    ref = np.asarray(ref, np.float64)
+    mse = float(np.mean((np.asarray(test, np.float64) - ref) ** 2))
+    peak = float(ref.max() - ref.min()) or 1.0
+    return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    check: str          # "tflite_vs_torch" | "variant_vs_baseline" | "baseline_vs_diffusers"
+    component: str
+    metric: str         # "rel_err" | "psnr_db"
+    value: float
+    bound: float
+    passed: bool
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["value"] = None if not math.isfinite(self.value) else self.value
+        return d
+
+
+def require_finite(component: str, what: str, arr: np.ndarray) -> None:
+    if not np.isfinite(arr).all():
+        bad = int(np.size(arr) - np.isfinite(arr).sum())
+        raise GateError(f"{component}: {what} has {bad} non-finite values (NaN/inf)")
+
+
+def check(check_name: str, component: str, test: np.ndarray, ref: np.ndarray, metric: str, bound: float) -> GateResult:
+    require_finite(component, f"{check_name} output", test)
+    require_finite(component, f"{check_name} reference", ref)
+    if metric == "rel_err":
+        v = rel_err(test, ref)
+        ok = v <= bound
+    else:
+        v = psnr_db(test, ref)
+        ok = v >= bound
+    return GateResult(check_name, component, metric, v, bound, ok)
+
+
+def enforce(results: list[GateResult]) -> None:
+    for r in results:
+        if not r.passed:
+            op = "<=" if r.metric == "rel_err" else ">="
+            raise GateError(f"{r.component}: gate {r.check} failed: {r.metric}={r.value:.3g}, needs {op} {r.bound:g}")
+
+
+def variant_bounds(component: str, quantization: str, winograd_m: int) -> tuple[str, float]:
+    """(metric, bound) of the variant-vs-baseline gate for one component."""
+    if component == "vae_decoder":
+        if quantization != "fp32":
+            return "psnr_db", QUANT_PSNR_DB[quantization]
+        return "psnr_db", WINOGRAD6_PSNR_DB if winograd_m == 6 else VARIANT_PSNR_DB
+    if quantization != "fp32":
+        return "rel_err", QUANT_REL_ERR[quantization]
+    return "rel_err", WINOGRAD6_REL_ERR if winograd_m == 6 else VARIANT_REL_ERR

@@ -1,0 +1,44 @@
+"""A thin wrapper over the LiteRT interpreter (ai-edge-litert) running one model signature on the CPU."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from host.errors import HarnessError
+
+
+class ModelLoadError(HarnessError):
+    pass
+
+
+class LiteRtModel:
+    """One .tflite file, its single signature, run with XNNPACK on ``threads`` CPU threads."""
+
+    def __init__(self, path: str, threads: int = 2):
+        from ai_edge_litert.interpreter import Interpreter
+
+        if not os.path.isfile(path):
+            raise ModelLoadError(f"{path}: model file not found")
+        t0 = time.perf_counter()
+        try:
+            self._interp = Interpreter(model_path=path, num_threads=threads)
+            sigs = self._interp.get_signature_list()
+            if len(sigs) != 1:
+                raise ValueError(f"expected one signature, found {len(sigs)}")
+            self.signature = next(iter(sigs))
+            self._runner = self._interp.get_signature_runner(self.signature)
+        except (ValueError, RuntimeError) as e:
+            raise ModelLoadError(f"{path}: not a loadable LiteRT model ({str(e).splitlines()[0]})") from None
+        self.load_seconds = time.perf_counter() - t0
+        self.path = path
+        self.inputs = {k: (tuple(v["shape"]), np.dtype(v["dtype"]).name) for k, v in self._runner.get_input_details().items()}
+        self.outputs = {k: (tuple(v["shape"]), np.dtype(v["dtype"]).name) for k, v in self._runner.get_output_details().items()}
+
+    def run(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        missing = set(self.inputs) - set(inputs)
+        if missing:
+            raise HarnessError(f"{self.path}: missing input {sorted(missing)[0]!r}")
+        feed = {k: np.ascontiguousarray(inputs[k], dtype=self.inputs[k][1]) for k in self.inputs}
+        return {k: np.array(v) for k, v in self._runner(**feed).items()}

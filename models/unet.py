@@ -1,0 +1,177 @@
+"""The SD 1.x UNet, parameter names as diffusers' ``UNet2DConditionModel``.
+
+Inputs: latents [B, 4, h, w]; the sinusoidal timestep projection [B, block_out_channels[0]]
+(computed on the host from the scheduler table, so no runner implements it); the text embeddings
+[B, 77, cross_attention_dim]. Output: the noise prediction [B, 4, h, w].
+
+The forward pass is a list of named stages (``stages()``), so a profile build can export and time
+each UNet block on its own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.blocks import Downsample, ResnetBlock, Transformer2D, Upsample
+from models.config import Optimizations, UNetConfig
+from models.layers import GroupNorm, conv3x3
+
+
+class TimestepEmbedding(nn.Module):
+    def __init__(self, cin: int, dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(cin, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class DownBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, cfg: UNetConfig, attn: bool, down: bool, mode: str, opts: Optimizations):
+        super().__init__()
+        w = opts.winograd_unet
+        self.resnets = nn.ModuleList(
+            ResnetBlock(cin if i == 0 else cout, cout, cfg.time_embed_dim, cfg.norm_num_groups, cfg.norm_eps, opts, w)
+            for i in range(cfg.layers_per_block)
+        )
+        self.attentions = nn.ModuleList(
+            Transformer2D(cout, cfg.attention_head_dim, cfg.cross_attention_dim, cfg.norm_num_groups, mode, opts)
+            for _ in range(cfg.layers_per_block)
+        ) if attn else None
+        self.downsamplers = nn.ModuleList([Downsample(cout)]) if down else None
+
+    def forward(self, x, temb, ctx) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        skips = []
+        for i, res in enumerate(self.resnets):
+            x = res(x, temb)
+            if self.attentions is not None:
+                x = self.attentions[i](x, ctx)
+            skips.append(x)
+        if self.downsamplers is not None:
+            x = self.downsamplers[0](x)
+            skips.append(x)
+        return x, skips
+
+
+class MidBlock(nn.Module):
+    def __init__(self, c: int, cfg: UNetConfig, mode: str, opts: Optimizations):
+        super().__init__()
+        w = opts.winograd_unet
+        self.resnets = nn.ModuleList(
+            ResnetBlock(c, c, cfg.time_embed_dim, cfg.norm_num_groups, cfg.norm_eps, opts, w) for _ in range(2)
+        )
+        self.attentions = nn.ModuleList(
+            [Transformer2D(c, cfg.attention_head_dim, cfg.cross_attention_dim, cfg.norm_num_groups, mode, opts)]
+        )
+
+    def forward(self, x, temb, ctx):
+        x = self.resnets[0](x, temb)
+        x = self.attentions[0](x, ctx)
+        return self.resnets[1](x, temb)
+
+
+class UpBlock(nn.Module):
+    def __init__(self, cin: int, prev: int, cout: int, cfg: UNetConfig, attn: bool, up: bool, mode: str,
+                 opts: Optimizations):
+        super().__init__()
+        n = cfg.layers_per_block + 1
+        w = opts.winograd_unet
+        self.resnets = nn.ModuleList(
+            ResnetBlock((prev if i == 0 else cout) + (cin if i == n - 1 else cout), cout, cfg.time_embed_dim,
+                        cfg.norm_num_groups, cfg.norm_eps, opts, w)
+            for i in range(n)
+        )
+        self.attentions = nn.ModuleList(
+            Transformer2D(cout, cfg.attention_head_dim, cfg.cross_attention_dim, cfg.norm_num_groups, mode, opts)
+            for _ in range(n)
+        ) if attn else None
+        self.upsamplers = nn.ModuleList([Upsample(cout, w, opts)]) if up else None
+
+    def forward(self, x, skips: list[torch.Tensor], temb, ctx):
+        for i, res in enumerate(self.resnets):
+            x = res(torch.cat([x, skips.pop()], dim=1), temb)
+            if self.attentions is not None:
+                x = self.attentions[i](x, ctx)
+        if self.upsamplers is not None:
+            x = self.upsamplers[0](x)
+        return x
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One UNet block as the profiler sees it: a name, and how to run it on the running state."""
+
+    name: str
+    run: Callable[[dict], None]
+
+
+class UNet(nn.Module):
+    def __init__(self, cfg: UNetConfig, opts: Optimizations = Optimizations()):
+        super().__init__()
+        self.config = cfg
+        ch = cfg.block_out_channels
+        n = len(ch)
+        soft = "partial" if opts.softmax else "softmax"
+        # FlashAttention pays at the highest resolution (the 64x64 level, head dim 40 at full size).
+        mode_at = lambda level: "flash" if (opts.flash and level == 0) else soft  # noqa: E731
+        self.conv_in = conv3x3(cfg.in_channels, ch[0], opts.winograd_unet, opts.winograd_max_channels)
+        self.time_embedding = TimestepEmbedding(cfg.time_proj_dim, cfg.time_embed_dim)
+        self.down_blocks = nn.ModuleList(
+            DownBlock(ch[max(i - 1, 0)], ch[i], cfg, t == "CrossAttnDownBlock2D", i < n - 1, mode_at(i), opts)
+            for i, t in enumerate(cfg.down_block_types)
+        )
+        self.mid_block = MidBlock(ch[-1], cfg, soft, opts)
+        rev = list(reversed(ch))
+        ups = []
+        for i, t in enumerate(cfg.up_block_types):
+            prev = rev[max(i - 1, 0)]
+            ups.append(UpBlock(rev[min(i + 1, n - 1)], prev, rev[i], cfg, t == "CrossAttnUpBlock2D", i < n - 1,
+                               mode_at(n - 1 - i), opts))
+        self.up_blocks = nn.ModuleList(ups)
+        self.conv_norm_out = GroupNorm(cfg.norm_num_groups, ch[0], cfg.norm_eps, opts.gn_gelu)
+        self.conv_out = conv3x3(ch[0], cfg.out_channels, opts.winograd_unet, opts.winograd_max_channels)
+
+    def stages(self) -> list[Stage]:
+        """The forward pass as named stages over a state dict {x, temb, ctx, skips}."""
+
+        def start(s):
+            s["temb"] = self.time_embedding(s["t_emb"])
+            s["x"] = self.conv_in(s["x"])
+            s["skips"] = [s["x"]]
+
+        def down(i):
+            def run(s):
+                s["x"], new = self.down_blocks[i](s["x"], s["temb"], s["ctx"])
+                s["skips"].extend(new)
+            return run
+
+        def mid(s):
+            s["x"] = self.mid_block(s["x"], s["temb"], s["ctx"])
+
+        def up(i):
+            def run(s):
+                k = len(self.up_blocks[i].resnets)
+                skips = s["skips"][-k:]
+                del s["skips"][-k:]
+                s["x"] = self.up_blocks[i](s["x"], skips, s["temb"], s["ctx"])
+            return run
+
+        def end(s):
+            s["x"] = self.conv_out(F.silu(self.conv_norm_out(s["x"])))
+
+        return ([Stage("conv_in", start)]
+                + [Stage(f"down_blocks.{i}", down(i)) for i in range(len(self.down_blocks))]
+                + [Stage("mid_block", mid)]
+                + [Stage(f"up_blocks.{i}", up(i)) for i in range(len(self.up_blocks))]
+                + [Stage("conv_out", end)])
+
+    def forward(self, sample: torch.Tensor, t_emb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        state = {"x": sample, "t_emb": t_emb, "ctx": context}
+        for stage in self.stages():
+            stage.run(state)
+        return state["x"]

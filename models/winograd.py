@@ -1,0 +1,101 @@
+"""Winograd F(m x m, 3 x 3) convolution as plain graph ops.
+
+The transform matrices come from the Toom-Cook construction: A^T and G are Vandermonde rows at the
+interpolation points (plus the point at infinity), and B^T is solved from the defining identity
+``sum_j A^T[i,j] G[j,k] B^T[j,t] = [t == i + k]`` in float64, then checked to be exact.
+Points are 0, +-1, +-2, +-1/2 (the usual choice that keeps F(6,3) usable in fp32).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+R = 3  # kernel size
+_POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)
+
+
+@functools.lru_cache(maxsize=None)
+def matrices(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(A^T [m, n], G [n, 3], B^T [n, n]) for output tile m, input tile n = m + 2."""
+    n = m + R - 1
+    pts = _POINTS[: n - 1]
+    if len(pts) != n - 1:
+        raise ValueError(f"Winograd tile m={m} needs {n - 1} points; only {len(_POINTS)} are defined")
+    at = np.zeros((m, n))
+    g = np.zeros((n, R))
+    for j, p in enumerate(pts):
+        at[:, j] = [p**i for i in range(m)]
+        g[j, :] = [p**k for k in range(R)]
+    at[m - 1, n - 1] = 1.0
+    g[n - 1, R - 1] = 1.0
+    # Solve for B^T column by column of the input index t: for each (i, k) pair the identity is
+    # linear in the unknowns B^T[:, t].
+    rows = np.array([at[i, :] * g[:, k] for i in range(m) for k in range(R)])  # [m*R, n]
+    bt = np.zeros((n, n))
+    for t in range(n):
+        rhs = np.array([1.0 if t == i + k else 0.0 for i in range(m) for k in range(R)])
+        sol, *_ = np.linalg.lstsq(rows, rhs, rcond=None)
+        bt[:, t] = sol
+    residual = np.abs(np.einsum("ij,jk,jt->ikt", at, g, bt) - _target(m, n)).max()
+    if residual > 1e-9:
+        raise ArithmeticError(f"Winograd F({m},3) construction is inexact (residual {residual:.2e})")
+    return at, g, bt
+
+
+def _target(m: int, n: int) -> np.ndarray:
+    t = np.zeros((m, R, n))
+    for i in range(m):
+        for k in range(R):
+            t[i, k, i + k] = 1.0
+    return t
+
+
+def transform_weight(weight: torch.Tensor, m: int) -> torch.Tensor:
+    """Kernel [Cout, Cin, 3, 3] -> Winograd-domain weights U [n*n, Cin, Cout] (float64 math)."""
+    _, g, _ = matrices(m)
+    gt = torch.from_numpy(g)
+    w = weight.to(torch.float64)
+    u = torch.einsum("ak,oikl,bl->abio", gt, w, gt)  # [n, n, Cin, Cout]
+    n = g.shape[0]
+    return u.reshape(n * n, w.shape[1], w.shape[0]).to(weight.dtype).contiguous()
+
+
+def transform_kernels(m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Constant kernels of the input transform [n*n, 1, n, n] and output transform [n*n, 1, m, m]."""
+    at, _, bt = matrices(m)
+    n = m + R - 1
+    # Input transform: output channel (a, b) of a 1-channel conv computes sum_uv BT[a,u] BT[b,v] d[u,v].
+    bker = np.einsum("au,bv->abuv", bt, bt).reshape(n * n, 1, n, n)
+    # Output transform: a transposed conv with kernel = stride = m scatters sum_ab AT[i,a] AT[j,b] M[a,b]
+    # into each m x m output tile.
+    aker = np.einsum("ia,jb->abij", at, at).reshape(n * n, 1, m, m)
+    return torch.from_numpy(bker).float(), torch.from_numpy(aker).float()
+
+
+def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, bker: torch.Tensor, aker: torch.Tensor,
+            m: int) -> torch.Tensor:
+    """Same result as ``F.conv2d(x, w, bias, stride=1, padding=1)`` for the w that ``u`` came from."""
+    nb, cin, h, w = x.shape
+    n = m + R - 1
+    th, tw = -(-h // m), -(-w // m)
+    cout = u.shape[-1]
+    xp = F.pad(x, (1, tw * m + 1 - w, 1, th * m + 1 - h))
+    v = F.conv2d(xp.reshape(nb * cin, 1, th * m + 2, tw * m + 2), bker, stride=m)  # [nb*cin, n*n, th, tw]
+    v = v.reshape(nb, cin, n * n, th * tw).permute(2, 0, 3, 1).reshape(n * n, nb * th * tw, cin)
+    mm = torch.bmm(v, u)  # [n*n, nb*th*tw, cout]
+    mm = mm.reshape(n * n, nb, th, tw, cout).permute(1, 4, 0, 2, 3).reshape(nb * cout, n * n, th, tw)
+    y = F.conv_transpose2d(mm, aker, stride=m).reshape(nb, cout, th * m, tw * m)
+    if th * m != h or tw * m != w:
+        y = y[:, :, :h, :w]
+    if bias is not None:
+        y = y + bias.reshape(1, cout, 1, 1)
+    return y
+
+
+def multiplies_per_output(m: int) -> float:
+    """Multiplications per output pixel and channel pair, relative to direct 3x3 (9)."""
+    n = m + R - 1
+    return n * n / (m * m)
