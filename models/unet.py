@@ -104,10 +104,20 @@ class UpBlock(nn.Module):
 
 @dataclass(frozen=True)
 class Stage:
-    """One UNet block as the profiler sees it: a name, and how to run it on the running state."""
+    """One UNet block as the profiler sees it: named input and output tensors and the computation.
+
+    Tensor names: ``sample``, ``t_emb``, ``context`` (the UNet inputs), ``temb`` (the time embedding),
+    ``skip_<i>`` (skip connections; the newest skip is also the running feature map on the way down),
+    ``x`` (the running feature map from the mid block on) and ``noise_pred`` (the output).
+    """
 
     name: str
-    run: Callable[[dict], None]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    fn: Callable[..., tuple[torch.Tensor, ...]]
+
+    def __call__(self, state: dict[str, torch.Tensor]) -> None:
+        state.update(zip(self.outputs, self.fn(*(state[k] for k in self.inputs))))
 
 
 class UNet(nn.Module):
@@ -137,41 +147,29 @@ class UNet(nn.Module):
         self.conv_out = conv3x3(ch[0], cfg.out_channels, opts.winograd_unet, opts.winograd_max_channels)
 
     def stages(self) -> list[Stage]:
-        """The forward pass as named stages over a state dict {x, temb, ctx, skips}."""
-
-        def start(s):
-            s["temb"] = self.time_embedding(s["t_emb"])
-            s["x"] = self.conv_in(s["x"])
-            s["skips"] = [s["x"]]
-
-        def down(i):
-            def run(s):
-                s["x"], new = self.down_blocks[i](s["x"], s["temb"], s["ctx"])
-                s["skips"].extend(new)
-            return run
-
-        def mid(s):
-            s["x"] = self.mid_block(s["x"], s["temb"], s["ctx"])
-
-        def up(i):
-            def run(s):
-                k = len(self.up_blocks[i].resnets)
-                skips = s["skips"][-k:]
-                del s["skips"][-k:]
-                s["x"] = self.up_blocks[i](s["x"], skips, s["temb"], s["ctx"])
-            return run
-
-        def end(s):
-            s["x"] = self.conv_out(F.silu(self.conv_norm_out(s["x"])))
-
-        return ([Stage("conv_in", start)]
-                + [Stage(f"down_blocks.{i}", down(i)) for i in range(len(self.down_blocks))]
-                + [Stage("mid_block", mid)]
-                + [Stage(f"up_blocks.{i}", up(i)) for i in range(len(self.up_blocks))]
-                + [Stage("conv_out", end)])
+        """The forward pass as named stages, each one UNet block (what the per-block profile times)."""
+        stages = [Stage("conv_in", ("sample", "t_emb"), ("skip_0", "temb"),
+                        lambda sample, t_emb: (self.conv_in(sample), self.time_embedding(t_emb)))]
+        n = 1
+        for i, blk in enumerate(self.down_blocks):
+            k = len(blk.resnets) + (blk.downsamplers is not None)
+            stages.append(Stage(f"down_blocks.{i}", (f"skip_{n - 1}", "temb", "context"),
+                                tuple(f"skip_{n + j}" for j in range(k)),
+                                lambda x, temb, context, blk=blk: tuple(blk(x, temb, context)[1])))
+            n += k
+        stages.append(Stage("mid_block", (f"skip_{n - 1}", "temb", "context"), ("x",),
+                            lambda x, temb, context: (self.mid_block(x, temb, context),)))
+        for i, blk in enumerate(self.up_blocks):
+            k = len(blk.resnets)
+            n -= k
+            stages.append(Stage(f"up_blocks.{i}", ("x",) + tuple(f"skip_{n + j}" for j in range(k)) + ("temb", "context"),
+                                ("x",), lambda x, *rest, blk=blk, k=k: (blk(x, list(rest[:k]), rest[k], rest[k + 1]),)))
+        stages.append(Stage("conv_out", ("x",), ("noise_pred",),
+                            lambda x: (self.conv_out(F.silu(self.conv_norm_out(x))),)))
+        return stages
 
     def forward(self, sample: torch.Tensor, t_emb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        state = {"x": sample, "t_emb": t_emb, "ctx": context}
+        state = {"sample": sample, "t_emb": t_emb, "context": context}
         for stage in self.stages():
-            stage.run(state)
-        return state["x"]
+            stage(state)
+        return state["noise_pred"]

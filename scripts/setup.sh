@@ -7,3 +7,9 @@ command -v "$PY" >/dev/null || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade "pip>=26"
 .venv/bin/python -m pip install -q -e ".[test]"
+# Headless Chromium (Debian's package) for the HTML report's browser test; skipped when already there,
+# or when not root / no apt-get (the test then skips itself). A failed install does not fail setup.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+        || echo "setup: chromium not installed; the report's browser test will be skipped" >&2
+fi

@@ -30,6 +30,7 @@ class BuildOptions:
     verify: bool = True
     threads: int = 2
     components: tuple[str, ...] = COMPONENTS
+    profile_blocks: bool = False    # also split the UNet into per-block models (host/build/blocks.py)
 
 
 def component_key(component: str, cfg: ModelConfig, variant: Variant, weights: WeightsSource) -> str:
@@ -52,7 +53,7 @@ def build_variant(variant: Variant, weights: WeightsSource, opts: BuildOptions, 
     store = cache.Store(opts.root)
     cfg = weights.config
     keys = {c: component_key(c, cfg, variant, weights) for c in opts.components}
-    build_key = cache.digest({"components": keys, "variant": variant.name})
+    build_key = cache.digest({"components": keys, "variant": variant.name, "blocks": opts.profile_blocks})
     manifest = store.load_build(build_key)
     if manifest is not None:
         store.link_latest(cfg.name, variant.name, build_key)
@@ -68,11 +69,22 @@ def build_variant(variant: Variant, weights: WeightsSource, opts: BuildOptions, 
             log(f"[{variant.name}] {c}: cached")
         comps[c] = meta
 
+    blocks = []
+    if opts.profile_blocks:
+        from host.build.blocks import build_blocks
+
+        blocks = build_blocks(variant, weights, opts, log)
     final = store.build_dir(build_key)
     tmp = store.staging(final)
     for c in opts.components:
         os.link(store.component_dir(keys[c]) / "model.tflite", tmp / f"{c}.tflite")
         comps[c] = {**comps[c], "file": f"{c}.tflite", "cache_key": keys[c]}
+    if blocks:
+        (tmp / "blocks").mkdir()
+        for i, b in enumerate(blocks):
+            rel = f"blocks/{i:02d}_{b['name']}.tflite"
+            os.link(b["file"], tmp / rel)
+            blocks[i] = {**b, "file": rel}
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "model": cfg.name,
@@ -82,6 +94,7 @@ def build_variant(variant: Variant, weights: WeightsSource, opts: BuildOptions, 
         "weights": weights.describe(),
         "tokenizer": {"kind": "clip-bpe" if weights.tokenizer_dir else "fallback", "dir": weights.tokenizer_dir},
         "components": comps,
+        "profile_blocks": blocks,
         "tool_versions": cache.tool_versions(),
         "code_hash": cache.code_hash(),
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),

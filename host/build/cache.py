@@ -23,7 +23,8 @@ from typing import Any
 
 TOOLS = ("torch", "litert-torch", "ai-edge-litert", "ai-edge-quantizer", "tensorflow-cpu", "diffusers", "transformers")
 _ROOT = Path(__file__).resolve().parents[2]
-_SOURCE_DIRS = ("models", "host/build")
+# The sources that decide a .tflite's bytes and its verdict: authoring, conversion, gate bounds.
+_SOURCES = ("models/*.py", "host/build/convert.py", "host/build/gates.py")
 
 
 @lru_cache(maxsize=1)
@@ -40,8 +41,8 @@ def tool_versions() -> dict[str, str]:
 @lru_cache(maxsize=1)
 def code_hash() -> str:
     h = hashlib.sha256()
-    for d in _SOURCE_DIRS:
-        for p in sorted((_ROOT / d).glob("*.py")):
+    for pattern in _SOURCES:
+        for p in sorted(_ROOT.glob(pattern)):
             h.update(p.name.encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
 
@@ -100,7 +101,8 @@ class Store:
             manifest = json.loads(meta.read_text())
         except json.JSONDecodeError:
             return None
-        if all((self.build_dir(key) / c["file"]).is_file() for c in manifest["components"].values()):
+        files = [c["file"] for c in manifest["components"].values()] + [b["file"] for b in manifest.get("profile_blocks", [])]
+        if all((self.build_dir(key) / f).is_file() for f in files):
             return manifest
         return None
 

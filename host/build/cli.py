@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--components", nargs="+", default=list(COMPONENTS), choices=COMPONENTS)
     p.add_argument("--no-verify", action="store_true", help="skip the diffusers conformance and variant gates (the .tflite check still runs)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for running the .tflite gates")
+    p.add_argument("--profile-blocks", action="store_true", help="also build the UNet as per-block models for per-block profiling")
     p.add_argument("--out", type=Path, help="also place the .tflite files and manifest.json of each variant under OUT/<variant>/")
     return p
 
@@ -73,7 +74,8 @@ def run_builds(args, log=print) -> list[tuple[dict, Path, bool]]:
     if weights.warning:
         print(f"WARNING: {weights.warning}", file=sys.stderr)
     opts = BuildOptions(root=root, verify=not getattr(args, "no_verify", False), threads=getattr(args, "threads", 2),
-                        components=tuple(getattr(args, "components", COMPONENTS)))
+                        components=tuple(getattr(args, "components", COMPONENTS)),
+                        profile_blocks=getattr(args, "profile_blocks", False))
     return [build_variant(v, weights, opts, log) for v in variants]
 
 

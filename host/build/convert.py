@@ -34,11 +34,12 @@ def quant_config(quantization: str):
     raise BuildError(f"unknown quantization {quantization!r}")
 
 
-def convert(component: str, module: torch.nn.Module, inputs: dict[str, torch.Tensor], output: str,
+def convert(component: str, module: torch.nn.Module, inputs: dict[str, torch.Tensor], output: str | None,
             quantization: str, out_path: Path) -> None:
+    """Converts ``module`` (single output named ``output``, or a module returning a dict when None)."""
     import litert_torch
 
-    wrapped = _Named(module, output).eval()
+    wrapped = _Named(module, output).eval() if output else module
     try:
         with _output_to(out_path.with_name("convert.log")):
             edge = litert_torch.signature(component, wrapped, sample_kwargs=inputs).convert(

@@ -1,0 +1,5 @@
+import sys
+
+from host.runner.run import main
+
+sys.exit(main())

@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny-config builds, converted once and cached for the whole test session.
+
+The artifact store is content-addressed, so it is shared across test runs too (under pytest's
+temporary root); a change to the model code or the tools changes the keys and forces a rebuild.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def artifact_root(tmp_path_factory) -> Path:
+    override = os.environ.get("SDPHONE_TEST_ARTIFACTS")
+    root = Path(override) if override else tmp_path_factory.getbasetemp().parent / "sdphone-test-artifacts"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+class TinyBuilds:
+    """Builds tiny variants on demand: ``tiny_builds.get("optimized", quantization="fp16")``."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._done: dict[tuple, tuple[dict, Path]] = {}
+
+    def get(self, variant: str = "baseline", quantization: str = "fp32", seed: int = 0,
+            components: tuple[str, ...] | None = None, **switches):
+        from host.build.builder import BuildOptions, build_variant
+        from host.build.weights import resolve
+        from models.config import COMPONENTS, get_variant
+
+        components = tuple(components or COMPONENTS)
+        key = (variant, quantization, seed, components, tuple(sorted(switches.items())))
+        if key not in self._done:
+            weights = resolve("tiny", None, seed, None, str(self.root / "checkpoint-index.json"))
+            manifest, path, _ = build_variant(get_variant(variant, quantization, **switches), weights,
+                                              BuildOptions(root=self.root, components=components),
+                                              log=lambda s: None)
+            self._done[key] = (manifest, path)
+        return self._done[key]
+
+
+@pytest.fixture(scope="session")
+def tiny_builds(artifact_root) -> TinyBuilds:
+    return TinyBuilds(artifact_root)

@@ -1,0 +1,141 @@
+"""Every switch of the ladder on the tiny config: converted, gated, and visible in the graph."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from host.build import gates
+from models.config import LADDER
+
+RUNGS = [n for n in LADDER if n != "optimized"]
+
+
+def _gates(meta: dict) -> dict[str, dict]:
+    return {g["check"]: g for g in meta["gates"]}
+
+
+@pytest.mark.parametrize("rung", RUNGS)
+def test_every_rung_builds_and_passes_its_gates(tiny_builds, rung):
+    manifest, path = tiny_builds.get(rung)
+    assert manifest["variant"]["name"] == rung
+    for name, comp in manifest["components"].items():
+        assert (path / comp["file"]).stat().st_size == comp["size_bytes"]
+        g = _gates(comp)
+        assert g["tflite_vs_torch"]["passed"] and g["tflite_vs_torch"]["value"] <= gates.TFLITE_VS_TORCH_REL_ERR["fp32"]
+        assert g["baseline_vs_diffusers"]["value"] <= gates.DIFFUSERS_REL_ERR
+        if rung == "baseline":
+            assert "variant_vs_baseline" not in g
+        elif name != "text_encoder" or LADDER[rung].softmax:
+            assert g["variant_vs_baseline"]["passed"]
+    assert manifest["weights"]["kind"] == "random" and "random weights" in manifest["weights"]["warning"]
+
+
+def _main_ops(manifest, comp):
+    return manifest["components"][comp]["op_histogram"]["main"]
+
+
+def test_gn_gelu_switch_fuses_group_norm_and_gelu(tiny_builds):
+    base, _ = tiny_builds.get("baseline")
+    fused, _ = tiny_builds.get("+gn_gelu")
+    for comp in ("unet", "vae_decoder"):
+        assert "STABLEHLO_COMPOSITE" not in _main_ops(base, comp)
+        assert fused["components"][comp]["composites"].get("odml.group_norm", 0) > 0
+        assert _main_ops(base, comp)["MEAN"] > _main_ops(fused, comp).get("MEAN", 0)
+    assert "GELU" not in _main_ops(base, "unet")
+    assert _main_ops(fused, "unet")["GELU"] > 0
+
+
+def test_softmax_switch_removes_the_softmax_op(tiny_builds):
+    before, _ = tiny_builds.get("+gn_gelu")
+    after, _ = tiny_builds.get("+softmax")
+    for comp in ("text_encoder", "unet", "vae_decoder"):
+        assert _main_ops(before, comp).get("SOFTMAX", 0) > 0
+        assert _main_ops(after, comp).get("SOFTMAX", 0) == 0
+        assert _main_ops(after, comp)["REDUCE_MAX"] > 0
+
+
+def test_flash_tiles_the_highest_resolution_attention(tiny_builds):
+    # The tiny latent is 8x8 = 64 tokens: tiles of 16 queries x 32 keys make a 4 x 2 grid per attention.
+    untiled, _ = tiny_builds.get("+softmax", components=("unet",))
+    tiled, _ = tiny_builds.get("+flash", components=("unet",), flash_block_q=16, flash_block_kv=32)
+    g = _gates(tiled["components"]["unet"])
+    assert g["variant_vs_baseline"]["passed"]
+    assert _main_ops(tiled, "unet")["BATCH_MATMUL"] > _main_ops(untiled, "unet")["BATCH_MATMUL"]
+    assert _main_ops(tiled, "unet")["EXP"] > _main_ops(untiled, "unet")["EXP"]
+
+
+@pytest.mark.parametrize("m", [2, 4, 6])
+def test_winograd_tiles_pass_their_gates(tiny_builds, m):
+    manifest, _ = tiny_builds.get("+flash", components=("unet", "vae_decoder"), winograd_unet=m, winograd_decoder=m)
+    for comp in ("unet", "vae_decoder"):
+        ops = _main_ops(manifest, comp)
+        assert ops["TRANSPOSE_CONV"] > 0  # the output transform
+        g = _gates(manifest["components"][comp])["variant_vs_baseline"]
+        metric, bound = gates.variant_bounds(comp, "fp32", m)
+        assert g["metric"] == metric and g["bound"] == bound and g["passed"]
+
+
+def test_winograd_is_selectable_per_component(tiny_builds):
+    manifest, _ = tiny_builds.get("+flash", components=("unet", "vae_decoder"), winograd_unet=0, winograd_decoder=4)
+    assert "TRANSPOSE_CONV" not in _main_ops(manifest, "unet")
+    assert _main_ops(manifest, "vae_decoder")["TRANSPOSE_CONV"] > 0
+
+
+@pytest.mark.parametrize("quant", ["fp16", "int8"])
+def test_quantized_variants(tiny_builds, quant):
+    fp32, _ = tiny_builds.get("optimized")
+    q, _ = tiny_builds.get("optimized", quantization=quant)
+    assert q["variant"]["quantization"] == quant
+    for comp in ("text_encoder", "unet", "vae_decoder"):
+        c = q["components"][comp]
+        assert c["size_bytes"] < fp32["components"][comp]["size_bytes"]
+        g = _gates(c)
+        assert g["tflite_vs_torch"]["bound"] == gates.TFLITE_VS_TORCH_REL_ERR[quant] and g["tflite_vs_torch"]["passed"]
+        assert g["variant_vs_baseline"]["passed"]
+
+
+def test_manifest_records_what_a_deployer_needs(tiny_builds):
+    manifest, path = tiny_builds.get("optimized")
+    on_disk = json.loads((path / "manifest.json").read_text())
+    assert on_disk == manifest
+    assert manifest["variant"]["switches"]["winograd_unet"] == 4
+    assert set(manifest["tool_versions"]) >= {"torch", "litert-torch", "ai-edge-litert"}
+    unet = manifest["components"]["unet"]
+    assert [i["name"] for i in unet["signature"]["inputs"]] == ["sample", "t_emb", "context"]
+    assert unet["signature"]["inputs"][0]["shape"] == [2, 4, 8, 8]
+    assert unet["signature"]["outputs"] == [{"name": "noise_pred", "shape": [2, 4, 8, 8], "dtype": "float32"}]
+    assert len(unet["sha256"]) == 64 and unet["op_histogram"]["main"]
+    assert manifest["tokenizer"]["kind"] == "fallback"
+
+
+def test_components_are_shared_between_variants_that_do_not_change_them(tiny_builds):
+    gn, _ = tiny_builds.get("+gn_gelu")
+    base, _ = tiny_builds.get("baseline")
+    # The text encoder only depends on the softmax switch.
+    assert gn["components"]["text_encoder"]["sha256"] == base["components"]["text_encoder"]["sha256"]
+    assert gn["components"]["unet"]["sha256"] != base["components"]["unet"]["sha256"]
+
+
+def test_profile_build_splits_the_unet_into_chained_blocks(tiny_builds, artifact_root):
+    from host.build.builder import BuildOptions, build_variant
+    from host.build.weights import resolve
+    from models.config import get_variant
+
+    weights = resolve("tiny", None, 0, None, str(artifact_root / "checkpoint-index.json"))
+    manifest, path, _ = build_variant(get_variant("baseline"), weights,
+                                      BuildOptions(root=artifact_root, components=("unet",), profile_blocks=True),
+                                      log=lambda s: None)
+    blocks = manifest["profile_blocks"]
+    names = [b["name"] for b in blocks]
+    assert names[0] == "conv_in" and names[-1] == "conv_out" and "mid_block" in names
+    assert [i["name"] for i in blocks[0]["inputs"]] == ["sample", "t_emb"]
+    assert blocks[-1]["outputs"][0]["name"] == "noise_pred"
+    produced = {"sample", "t_emb", "context"}
+    for b in blocks:  # every block's inputs were produced upstream
+        assert {i["name"] for i in b["inputs"]} <= produced, b["name"]
+        produced |= {o["name"] for o in b["outputs"]}
+        assert (path / b["file"]).is_file()
+    # The block weights add up to the whole UNet's (no block carries unused weights).
+    total = sum(b["size_bytes"] for b in blocks)
+    assert 0.9 < total / manifest["components"]["unet"]["size_bytes"] < 1.2

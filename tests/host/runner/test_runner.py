@@ -1,0 +1,104 @@
+"""The Python host runner end to end on the tiny build: trace, image, status, and the exact algorithm."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from host.protocol import (
+    IMAGE_F32, IMAGE_PNG, REQUEST_FILE, STATUS_FILE, TRACE_FILE, RunRequest, Status, read_trace,
+)
+from host.protocol.jsonio import read_json
+from host.runner import main, run
+from host.runner.loading import load_inputs, load_model
+from host.runner.pipeline import Models, generate, to_uint8_hwc
+from host.runner.tracing import Clock, Tracer
+from host.protocol.trace import TraceWriter
+from host.schedulers import sample
+
+
+@pytest.fixture
+def done_run(make_run):
+    """One full run: 1 warmup + 2 measured generations, per-block profiling with the whole UNet as one block."""
+    run_dir = make_run(runtime={"threads": 2, "warmup": 1, "repeats": 2},
+                       profiling={"memory_interval_ms": 5, "per_block": True,
+                                  "block_models": [{"name": "whole_unet", "file": "unet.tflite"}]})
+    status = run(run_dir)
+    return run_dir, status
+
+
+def test_run_writes_trace_image_and_status(done_run):
+    run_dir, status = done_run
+    assert status.ok and status.run_id == "test_run" and status.images == (IMAGE_PNG,)
+    assert Status.from_dict(read_json(run_dir / STATUS_FILE)) == status
+
+    records = read_trace(run_dir / TRACE_FILE)
+    meta = records[0]
+    assert meta.TYPE == "meta" and meta.runner == "python-host" and meta.run_id == "test_run"
+    assert meta.runtime == {"accelerator": "cpu", "precision": "fp32", "threads": 2, "delegate": "xnnpack"}
+    spans = [r for r in records if r.TYPE == "span"]
+    loads = [(s.component, s.args["phase"]) for s in spans if s.cat == "load"]
+    assert loads[:6] == [(c, p) for c in ("text_encoder", "unet", "vae_decoder") for p in ("cold", "warm")]
+    assert loads[6:] == [("whole_unet", "cold")]
+    by_kind = Counter((s.name, s.cat, s.warmup) for s in spans)
+    assert by_kind[("generation", "total", True)] == 1 and by_kind[("generation", "total", False)] == 2
+    assert by_kind[("text_encoder", "component", False)] == 2 and by_kind[("vae_decoder", "component", False)] == 2
+    assert [(s.repeat, s.step) for s in spans if s.name == "unet_step" and not s.warmup] == \
+        [(r, i) for r in range(2) for i in range(3)]
+    assert [(s.repeat, s.step) for s in spans if s.cat == "block"] == [(1, i) for i in range(3)]
+    for s in spans:
+        assert s.dur >= 0 and s.t >= s.start and s.t == pytest.approx(s.start + s.dur, abs=2e-6)
+    gens = [s for s in spans if s.name == "generation"]
+    inner = [s for s in spans if s.repeat == gens[-1].repeat and not s.warmup and s.cat in ("component", "step")]
+    assert all(gens[-1].start <= s.start and s.t <= gens[-1].t for s in inner)
+
+    memory = [r for r in records if r.TYPE == "memory"]
+    assert len(memory) >= 2 and all(m.source == "proc_status" and m.rss_bytes > 0 for m in memory)
+    assert all(m.peak_bytes >= m.rss_bytes for m in memory)
+    events = {r.name: r for r in records if r.TYPE == "event"}
+    assert "error" not in events and events["per_block_check"].args["max_abs_diff"] == 0.0
+
+    png = np.asarray(Image.open(run_dir / IMAGE_PNG))
+    assert png.shape == (64, 64, 3) and png.dtype == np.uint8
+    img = np.fromfile(run_dir / IMAGE_F32, dtype="<f4").reshape(1, 3, 64, 64)
+    assert np.isfinite(img).all()
+    assert np.array_equal(png, to_uint8_hwc(img))
+
+
+def test_final_latents_equal_the_reference_sampler(make_run, tmp_path):
+    run_dir = make_run(scheduler="dpmpp_2m", steps=3, guidance=5.0)
+    req = RunRequest.from_dict(read_json(run_dir / REQUEST_FILE))
+    inputs = load_inputs(run_dir, req)
+    with TraceWriter(tmp_path / "t.jsonl") as w:
+        tracer = Tracer(w, Clock())
+        loaded = {c: load_model(run_dir / "models" / req.models[c].file, req.models[c], c, 2, tracer, phases=("cold",))
+                  for c in req.models}
+        models = Models.of(loaded, req)
+        gen = generate(models, inputs, req.scheduler.table.steps, tracer, repeat=0, warmup=False)
+
+    ctx = gen.context
+    unet, g = loaded["unet"], np.float32(req.guidance_scale)
+
+    def eps_fn(model_in: np.ndarray, timestep: float, i: int) -> np.ndarray:
+        t = np.asarray(req.scheduler.t_emb[i], dtype=np.float32)
+        e = unet.run(sample=np.concatenate([model_in, model_in]), t_emb=np.stack([t, t]), context=ctx)["noise_pred"]
+        return e[0:1] + g * (e[1:2] - e[0:1])
+
+    ref = sample(req.scheduler.table, inputs.noise, eps_fn)
+    np.testing.assert_allclose(gen.latents, ref, rtol=0, atol=1e-5)
+
+    # ... and the runner's image.f32 is this generation's decoder output.
+    assert run(run_dir).ok
+    img = np.fromfile(run_dir / IMAGE_F32, dtype="<f4").reshape(gen.image.shape)
+    np.testing.assert_allclose(img, gen.image, rtol=0, atol=1e-5)
+
+
+def test_cli_exit_codes(make_run, capsys, tmp_path):
+    run_dir = make_run(steps=1)
+    assert main([str(run_dir)]) == 0
+    assert capsys.readouterr().out.startswith("ok: ")
+    assert main([str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "missing" in err and err.count("\n") == 1
