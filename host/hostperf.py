@@ -271,12 +271,18 @@ def report(perf: HostPerf) -> str:
     return "\n".join(lines)
 
 
-def write_host_roofline(path: str | os.PathLike, perf: HostPerf, command: str):
-    from host.profiles import Roofline, load_profile, write_roofline
+def check_host_profile(path: str | os.PathLike) -> None:
+    from host.profiles import load_profile
 
     profile = load_profile(path)
     if profile.platform != "host":
         raise HarnessError(f"{path}: platform is {profile.platform!r}; host measurements go into a host profile only")
+
+
+def write_host_roofline(path: str | os.PathLike, perf: HostPerf, command: str):
+    from host.profiles import Roofline, write_roofline
+
+    check_host_profile(path)
     roofline = Roofline(peak_flops=round_sig(perf.gemm.flops_per_s),
                         mem_bandwidth_bytes_per_s=round_sig(perf.stream.triad_bytes_per_s),
                         source=source_text(perf, command))
@@ -294,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stream-repeats", type=int, default=DEFAULT_STREAM_REPEATS)
     args = ap.parse_args(argv)
     try:
+        if args.write:
+            check_host_profile(args.write)  # fail before spending the measurement time
         perf = measure(threads=args.threads, gemm_n=args.gemm_n, gemm_repeats=args.gemm_repeats,
                        stream_elems=args.stream_elems, stream_repeats=args.stream_repeats)
         print(report(perf))

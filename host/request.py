@@ -79,7 +79,10 @@ def _image_size(size: int | Sequence[int] | None, latent: TensorSpec, image: Ten
     built = (int(image.shape[2]), int(image.shape[3]))
     if size is None:
         return built
-    hw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
+    try:
+        hw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
+    except (TypeError, ValueError):
+        raise RequestError(f"size {size!r}: expected pixels as an int or (height, width)") from None
     label = f"{hw[0]}x{hw[1]}" if len(hw) == 2 and hw[0] != hw[1] else str(hw[0])
     if len(hw) != 2 or any(s <= 0 or s % 64 for s in hw):
         raise RequestError(f"size {label}: must be a positive multiple of 64")

@@ -18,11 +18,15 @@ def default_artifacts() -> Path:
     return Path(os.environ.get("SDPHONE_ARTIFACTS", REPO / "artifacts"))
 
 
-def add_build_arguments(p: argparse.ArgumentParser) -> None:
-    """Arguments shared by ``host.build`` and ``host.deploy``."""
+def add_build_arguments(p: argparse.ArgumentParser, several_variants: bool = False) -> None:
+    """Arguments shared by ``host.build`` and ``host.deploy`` (which takes --variant several times)."""
     p.add_argument("--model", default="sd14", help=f"architecture: {', '.join(MODELS)} (default sd14)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--variant", default="optimized", help=f"one of: {', '.join(LADDER)} (default optimized)")
+    if several_variants:
+        g.add_argument("--variant", action="append", help=f"one of: {', '.join(LADDER)}; repeatable "
+                       "(default: baseline and optimized)")
+    else:
+        g.add_argument("--variant", default="optimized", help=f"one of: {', '.join(LADDER)} (default optimized)")
     g.add_argument("--ladder", action="store_true", help="every rung: " + " -> ".join(k for k in LADDER if k != "optimized"))
     p.add_argument("--quant", default="fp32", help=f"weights: {', '.join(QUANTIZATIONS)} (default fp32)")
     p.add_argument("--checkpoint", help="SD 1.x .safetensors / .ckpt file or diffusers folder (default: seeded random weights)")

@@ -198,6 +198,7 @@ class ProfilingSpec:
     per_op: bool = False
     per_block: bool = False
     block_models: tuple[BlockModelSpec, ...] = ()
+    block_steps: int = 0  # time the block chain at the first N steps only (0: every step)
 
     def to_dict(self) -> dict[str, Any]:
         return _fields_dict(self)
@@ -206,7 +207,8 @@ class ProfilingSpec:
     def from_dict(cls, d: Mapping[str, Any]) -> "ProfilingSpec":
         return cls(memory_interval_ms=int(d["memory_interval_ms"]), per_op=bool(d["per_op"]),
                    per_block=bool(d["per_block"]),
-                   block_models=tuple(BlockModelSpec.from_dict(b) for b in d["block_models"]))
+                   block_models=tuple(BlockModelSpec.from_dict(b) for b in d["block_models"]),
+                   block_steps=int(d.get("block_steps", 0)))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s) or a deploy folder of runs")
     p.add_argument("--out", help="HTML file to write (default: RUN_DIR/report.html)")
     p.add_argument("--baseline", help="run id or variant to compare against (default: the baseline variant)")
-    p.add_argument("--profile", help="device profile name for the roofline floors")
+    p.add_argument("--profile", help="device profile (name or .toml) for the roofline floors "
+                   "(default: the profile matching each run's device)")
     p.add_argument("--peak-flops", type=float, help="peak FLOP/s for the roofline floors")
     p.add_argument("--mem-bw", type=float, help="memory bandwidth in bytes/s for the roofline floors")
     p.add_argument("--tables", metavar="DIR", help="also write the trace tables (parquet + CSV) here")

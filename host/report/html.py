@@ -82,28 +82,41 @@ def graph_for(run: Run, component: str = "unet") -> graph.GraphAnalysis | None:
 
 
 def roofline_numbers(run: Run, peak_flops: float | None, mem_bandwidth: float | None,
-                     profile: str | None) -> tuple[float, float, str] | None:
-    """(peak FLOP/s, bytes/s, where from): explicit numbers, else a named device profile."""
+                     profile: str | None, auto_profile: bool = True) -> tuple[float, float, str] | None:
+    """(peak FLOP/s, bytes/s, where from): explicit numbers; else a named device profile (``profile``,
+    or request.device_profile); else, with ``auto_profile``, the profile matching the trace's device
+    ("host" for the python-host runner, model patterns for Android, product types for iOS)."""
     if peak_flops and mem_bandwidth:
         return float(peak_flops), float(mem_bandwidth), "given"
     req = run.request or {}
-    dev = next((r.get("device") for r in run.records if r.get("type") == "meta"), None)
-    name = profile or req.get("device_profile") or req.get("profile") or (
-        dev.get("profile") if isinstance(dev, dict) else None)
-    if isinstance(name, dict):
-        rf = name.get("roofline") or name
-        try:
-            return float(rf["peak_flops"]), float(rf.get("mem_bandwidth_bytes_per_s") or rf["mem_bandwidth"]), "request"
-        except (KeyError, TypeError, ValueError):
-            return None
-    if not name:
-        return None
+    meta = next((r for r in run.records if r.get("type") == "meta"), {})
+    dev = meta.get("device") if isinstance(meta.get("device"), dict) else {}
+    name = profile or req.get("device_profile") or req.get("profile") or dev.get("profile")
     try:
-        from host.profiles import load_profile  # written concurrently; optional
+        from host import profiles  # noqa: PLC0415
 
-        rf = load_profile(str(name)).roofline
-        return float(rf.peak_flops), float(rf.mem_bandwidth_bytes_per_s), f"profile {name}"
-    except Exception:  # noqa: BLE001
+        if name:
+            prof = profiles.load_profile(str(name))
+            how = "profile"
+        elif auto_profile:
+            runner = meta.get("runner")
+            if runner == "python-host":
+                found = [profiles.load_profile("host")]
+            elif runner == "android":
+                found = profiles.match_android(str(dev.get("model") or ""))
+            elif runner == "ios":
+                found = profiles.match_ios(str(dev.get("product_type") or dev.get("model") or ""))
+            else:
+                found = []
+            if len(found) != 1:
+                return None
+            prof, how = found[0], "matched profile"
+        else:
+            return None
+        rf = prof.roofline
+        return (float(rf.peak_flops), float(rf.mem_bandwidth_bytes_per_s),
+                f"{how} {prof.name}: {prof.runtime.accelerator} {prof.runtime.precision}")
+    except Exception:  # noqa: BLE001 - no profiles module, unknown name, invalid file: no floors
         return None
 
 
@@ -217,7 +230,7 @@ class ReportData:
     layers: pd.DataFrame
     op_types: pd.DataFrame
     graphs: dict[str, graph.GraphAnalysis | None] = field(default_factory=dict)
-    rooflines: dict[str, tuple[pd.DataFrame, str]] = field(default_factory=dict)
+    rooflines: dict[str, tuple[pd.DataFrame, str, dict]] = field(default_factory=dict)
 
     @property
     def multi_device(self) -> bool:
@@ -225,7 +238,8 @@ class ReportData:
 
 
 def collect(source: Any, baseline: str | None = None, peak_flops: float | None = None,
-            mem_bandwidth: float | None = None, profile: str | None = None, analyze_graphs: bool = True) -> ReportData:
+            mem_bandwidth: float | None = None, profile: str | None = None, analyze_graphs: bool = True,
+            auto_profile: bool = True) -> ReportData:
     runs = resolve_runs(source)
     graphs = {r.run_id: graph_for(r) if analyze_graphs else None for r in runs}
     # Op spans are attributed to blocks with each run's own graph.
@@ -236,14 +250,16 @@ def collect(source: Any, baseline: str | None = None, peak_flops: float | None =
                       op_types=compare.compare_layers(runs, "op_type", baseline), graphs=graphs)
     for r in runs:
         g = graphs.get(r.run_id)
-        nums = roofline_numbers(r, peak_flops, mem_bandwidth, profile)
+        nums = roofline_numbers(r, peak_flops, mem_bandwidth, profile, auto_profile)
         if g is None or nums is None:
             continue
         ob = {"unet": g.ops}
         measured = compare.layer_latency(r, "block", ob)
         measured = measured[measured["component"].fillna("unet") == "unet"]
         m = dict(zip(measured["key"], measured["median_s"]))
-        data.rooflines[r.run_id] = (g.roofline(nums[0], nums[1], measured=m), nums[2])
+        totals = graph.roofline_totals(g, nums[0], nums[1])
+        totals["measured_step_s"] = compare.run_summary(r)["unet_step_median_s"]
+        data.rooflines[r.run_id] = (g.roofline(nums[0], nums[1], measured=m), nums[2], totals)
     return data
 
 
@@ -335,6 +351,10 @@ def _layers(d: ReportData) -> str:
                 colors.append(svg.color(i))
             body += svg.grouped_hbar(keys, series, unit="ms per call", colors=colors, annotations=notes,
                                      title=f"{_str(comp)}: median latency per block")
+        checks = [f"<li>{escape(run_label(r, d.multi_device))}: {escape(_str(m))}</li>" for r in d.runs
+                  for m in r.events.loc[r.events["name"] == "per_block_check", "message"]]
+        if checks:
+            body += f"<p class='note'>Block chain vs the whole UNet:</p><ul>{''.join(checks)}</ul>"
         wide = compare.layer_table(lay)
         cols: list[Column] = [("component", "component", _str), ("key", "block", _str)]
         for c in wide.columns[2:]:
@@ -429,8 +449,14 @@ def _roofline(d: ReportData) -> str:
             continue
         label = run_label(r, d.multi_device)
         if r.run_id in d.rooflines:
-            rf, src = d.rooflines[r.run_id]
+            rf, src, tot = d.rooflines[r.run_id]
             has_meas = rf["measured_s"].notna().any()
+            step = tot.get("measured_step_s")
+            ratio = step / tot["floor_s"] if step and tot["floor_s"] > 0 and not math.isnan(step) else math.nan
+            body += (f"<p class='rf-total'><b>{escape(label)}</b>: whole UNet call floor {fmt_s(tot['floor_s'])} "
+                     f"(compute {fmt_s(tot['compute_s'])}, memory {fmt_s(tot['memory_s'])}, {fmt_flops(g.total_flops)}); "
+                     f"measured step median {fmt_s(step)}"
+                     + (f" = {ratio:.1f}× the floor" if not math.isnan(ratio) else "") + f". Roofline: {escape(src)}.</p>")
             keys = list(rf["block"])
             series = {"floor": list(rf["floor_s"] * 1e3)}
             if has_meas:
@@ -456,8 +482,8 @@ def _roofline(d: ReportData) -> str:
         body = ("<p class='note'>No model files found next to the runs (request.models_dir), so no per-block "
                 "FLOPs, bytes or floors.</p>")
     elif not d.rooflines:
-        body = ("<p class='note'>Floors need a device profile (peak FLOP/s and memory bandwidth): pass "
-                "--peak-flops/--mem-bw or --profile.</p>") + body
+        body = ("<p class='note'>Floors need a device profile (peak FLOP/s and memory bandwidth): none matched "
+                "these runs' devices; pass --profile NAME or --peak-flops/--mem-bw.</p>") + body
     return _section("roofline", "Roofline", body)
 
 
@@ -555,11 +581,11 @@ def render_html(d: ReportData, title: str | None = None) -> str:
 
 def render_report(source: Any, out_html: str | Path | None = None, *, baseline: str | None = None,
                   peak_flops: float | None = None, mem_bandwidth: float | None = None, profile: str | None = None,
-                  analyze_graphs: bool = True, title: str | None = None) -> Path:
+                  analyze_graphs: bool = True, auto_profile: bool = True, title: str | None = None) -> Path:
     """Writes one self-contained HTML report for the runs in ``source`` (a run folder, a deploy folder
     of run folders, Run objects, or a list of these) and returns its path (default
     ``<folder>/report.html`` for a single folder argument)."""
-    d = collect(source, baseline, peak_flops, mem_bandwidth, profile, analyze_graphs)
+    d = collect(source, baseline, peak_flops, mem_bandwidth, profile, analyze_graphs, auto_profile)
     if out_html is None:
         items = source if isinstance(source, (list, tuple)) else [source]
         first = items[0]

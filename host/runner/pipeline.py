@@ -91,14 +91,14 @@ def run_blocks(blocks: Sequence[tuple[BlockModelSpec, LiteRtModel]], feed: dict[
 
 
 def profile_blocks(blocks: Sequence[tuple[BlockModelSpec, LiteRtModel]], gen: Generation, inputs: Inputs,
-                   unet_output: str, tracer: Tracer, *, repeat: int) -> float | None:
+                   unet_output: str, tracer: Tracer, *, repeat: int, max_steps: int = 0) -> float | None:
     """Time every block at every step, fed the same UNet inputs as the recorded generation.
 
     Returns the largest |difference| between the chain's ``unet_output`` and the UNet's, or None when
-    the chain does not produce a tensor of that name.
+    the chain does not produce a tensor of that name. ``max_steps`` > 0 limits the pass to the first steps.
     """
     worst: float | None = None
-    for i, (sample, e) in enumerate(gen.unet_io):
+    for i, (sample, e) in enumerate(gen.unet_io[:max_steps or None]):
         feed = {"sample": sample, "t_emb": np.stack([inputs.t_emb[i]] * 2), "context": gen.context}
         pool = run_blocks(blocks, feed, tracer, step=i, repeat=repeat)
         if unet_output in pool and pool[unet_output].shape == e.shape:

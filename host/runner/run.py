@@ -16,11 +16,11 @@ from typing import Any
 from host.errors import HarnessError
 from host.protocol.constants import COMPONENTS, IMAGE_F32, IMAGE_PNG, REQUEST_FILE, STATUS_FILE, TRACE_FILE
 from host.protocol.jsonio import read_json, write_json
-from host.protocol.messages import MetaRecord, RunRequest, Status
+from host.protocol.messages import MetaRecord, RunRequest, SpanRecord, Status
 from host.protocol.trace import TraceWriter
 from host.runner.loading import RunnerError, load_inputs, load_model, models_dir, verify_file
 from host.runner.memory import MemorySampler
-from host.runner.pipeline import Generation, Models, generate, profile_blocks, to_uint8_hwc
+from host.runner.pipeline import Generation, Models, generate, profile_blocks, to_uint8_hwc, unet_feed
 from host.runner.tracing import Clock, Tracer
 
 RUNNER = "python-host"
@@ -76,8 +76,16 @@ class _Run:
                      "delegate": DELEGATE if accelerator == "cpu" else None}))
         self.meta_written = True
 
+    @property
+    def run_id(self) -> str | None:
+        """The request's run id; from the raw file when the request is invalid; None when unreadable."""
+        if self.request is not None:
+            return self.request.run_id
+        raw_id = self.raw.get("run_id") if isinstance(self.raw, dict) else None
+        return raw_id if isinstance(raw_id, str) else None
+
     def status(self, state: str, message: str | None = None, images: tuple[str, ...] | None = None) -> Status:
-        st = Status(state=state, run_id=self.request.run_id if self.request else None, message=message,
+        st = Status(state=state, run_id=self.run_id, message=message,
                     finished_t=None if state == "running" else self.tracer.now(), images=images)
         write_json(self.run_dir / STATUS_FILE, st.to_dict())
         return st
@@ -90,9 +98,7 @@ class _Run:
             if self.sampler is not None:
                 self.sampler.stop()
             if not self.meta_written:
-                raw = self.raw if isinstance(self.raw, dict) else {}
-                run_id = raw.get("run_id") if isinstance(raw.get("run_id"), str) else None
-                self.write_meta(run_id, None)
+                self.write_meta(self.run_id, None)
             self.tracer.event("error", message, {"error_type": type(err).__name__})
         except (OSError, ValueError):
             pass
@@ -114,8 +120,6 @@ class _Run:
             raise RunnerError(f"runtime.accelerator={rt.accelerator!r}: the {RUNNER} runner runs on the cpu only")
         if rt.precision != "fp32":
             raise RunnerError(f"runtime.precision={rt.precision!r}: the {RUNNER} runner computes in fp32 only")
-        if prof.per_op:
-            self.tracer.event("warning", f"per_op profiling is not available in the {RUNNER} runner; skipped")
 
         inputs = load_inputs(self.run_dir, req)
         mdir = models_dir(self.run_dir, req)
@@ -138,13 +142,16 @@ class _Run:
                               {"repeat": repeat, "warmup": warm})
         assert gen is not None
         self.write_images(gen)
+        if prof.per_op:
+            profile_ops_of(paths, req, models, gen, inputs, self.tracer)
 
         if blocks:
             unet_output = models.outputs["unet"]
             del models  # the block chain replaces the UNet from here on
             loaded = [(b, load_model(mdir / b.file, b, b.name, rt.threads, self.tracer, phases=("cold",)))
                       for b in blocks]
-            worst = profile_blocks(loaded, gen, inputs, unet_output, self.tracer, repeat=rt.repeats - 1)
+            worst = profile_blocks(loaded, gen, inputs, unet_output, self.tracer, repeat=rt.repeats - 1,
+                                   max_steps=prof.block_steps)
             if worst is not None:
                 self.tracer.event("per_block_check", f"block chain vs unet: max |diff| {worst:.3g}",
                                   {"output": unet_output, "max_abs_diff": worst})
@@ -159,6 +166,37 @@ class _Run:
         Image.fromarray(to_uint8_hwc(gen.image), "RGB").save(self.run_dir / IMAGE_PNG)
 
 
+def profile_ops_of(paths: dict[str, Path], req: RunRequest, models: Models, gen: Generation, inputs, tracer: Tracer) -> None:
+    """Per-op spans (cat "op") from LiteRT's profiler, one profiled invocation per component.
+
+    Ops run one after another on the interpreter thread, so each op's span starts where the previous
+    one ended; ``args`` carry the op type, the node index and, for XNNPACK operators, the partition.
+    """
+    from host.op_profiler import OpProfilerUnavailable, profile_ops
+
+    feeds = {
+        "text_encoder": {"input_ids": inputs.ids},
+        # The first step's UNet inputs, exactly as the generation fed them.
+        "unet": unet_feed(inputs.noise * inputs.init_scale * inputs.coeffs["in_scale"][0], inputs.t_emb[0], gen.context),
+        "vae_decoder": {"latents": gen.latents / inputs.vae_scale},
+    }
+    for c in COMPONENTS:
+        try:
+            prof = profile_ops(str(paths[c]), feeds[c], threads=req.runtime.threads, runs=1,
+                               signature=req.models[c].signature)
+        except OpProfilerUnavailable as e:
+            tracer.event("warning", f"per_op profiling unavailable for {c}: {e}")
+            continue
+        t = tracer.now()
+        for i, ev in enumerate(prof.op_events(0)):
+            dur = ev.elapsed_us / 1e6
+            tracer.write(SpanRecord(t=round(t + dur, 6), name=ev.tag, cat="op", start=round(t, 6), dur=dur,
+                                    component=c, step=0 if c == "unet" else None, repeat=0, warmup=False,
+                                    args={"op_type": ev.op_type, "index": i, "node_index": ev.node_index,
+                                          "partition": ev.partition, "event_type": ev.event_type}))
+            t += dur
+
+
 def run(run_dir: str | Path) -> Status:
     """Execute the run folder ``run_dir``; returns the ok status, raises a HarnessError on failure."""
     run_dir = Path(run_dir)
@@ -166,7 +204,11 @@ def run(run_dir: str | Path) -> Status:
         raise RunnerError(f"{run_dir}: run folder not found")
     for stale in (TRACE_FILE, IMAGE_PNG, IMAGE_F32, STATUS_FILE):
         (run_dir / stale).unlink(missing_ok=True)
-    with TraceWriter(run_dir / TRACE_FILE) as writer:
+    try:
+        writer = TraceWriter(run_dir / TRACE_FILE)
+    except OSError as e:
+        raise RunnerError(f"{run_dir / TRACE_FILE}: cannot write the trace ({e.strerror})") from None
+    with writer:
         state = _Run(run_dir, Tracer(writer, Clock()))
         try:
             return state.execute()

@@ -150,10 +150,13 @@ def run_summary(run: Run) -> dict:
 
 
 def _cold_load_seconds(run: Run) -> float:
-    """Sum of the load spans whose phase is "cold" (all load spans where no phase is given)."""
+    """Sum of the pipeline's cold load spans (text encoder, UNet, decoder; per-block models excluded);
+    a load span without a phase counts as cold."""
     total, seen = 0.0, False
     for r in run.records:
         if r.get("type") != "span" or r.get("cat") != "load":
+            continue
+        if r.get("component") not in (None, "text_encoder", "unet", "vae_decoder"):
             continue
         args = r.get("args") if isinstance(r.get("args"), Mapping) else {}
         if args.get("phase", "cold") == "cold" and isinstance(r.get("dur"), (int, float)):
@@ -192,16 +195,15 @@ def _ratio(a, b) -> float:
 
 # ----------------------------------------------------------------------------------------------- layers
 
-def _op_block_lookup(op_blocks: Mapping | None, component: str | None, index) -> str | None:
-    if not op_blocks or component is None or index is None or pd.isna(index):
-        return None
-    m = op_blocks.get(component)
-    if m is None:
-        return None
-    if isinstance(m, pd.DataFrame):
-        m = dict(zip(m["index"].astype(int), m["block"]))
-        op_blocks[component] = m  # type: ignore[index]
-    return m.get(int(index))
+def _op_block_maps(op_blocks: Mapping | None) -> dict[str, dict[int, str]]:
+    """{component: {op index: block}} from {component: graph ops frame or mapping}."""
+    out: dict[str, dict[int, str]] = {}
+    for comp, m in (op_blocks or {}).items():
+        if isinstance(m, pd.DataFrame):
+            out[comp] = dict(zip(m["index"].astype(int), m["block"].astype(str)))
+        elif m is not None:
+            out[comp] = {int(k): str(v) for k, v in dict(m).items()}
+    return out
 
 
 def layer_latency(run: Run, level: str = "block", op_blocks: Mapping | None = None) -> pd.DataFrame:
@@ -214,8 +216,10 @@ def layer_latency(run: Run, level: str = "block", op_blocks: Mapping | None = No
     ids = {"run_id": run.run_id, "variant": run.variant, "device": run.device}
     rows: list[dict] = []
     ops = spans[spans["cat"] == "op"].copy()
-    if len(ops) and op_blocks:
-        ops["block"] = [b if isinstance(b, str) else _op_block_lookup(dict(op_blocks), c, i)
+    maps = _op_block_maps(op_blocks)
+    if len(ops) and maps:
+        ops["block"] = [b if isinstance(b, str) else
+                        (maps.get(c, {}).get(int(i)) if isinstance(c, str) and not pd.isna(i) else None)
                         for b, c, i in zip(ops["block"], ops["component"], ops["op_index"])]
     if level == "block":
         blk = spans[spans["cat"] == "block"]

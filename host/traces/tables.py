@@ -146,31 +146,19 @@ def parse_trace_lines(lines: Iterable[str]) -> list[dict]:
 
 
 def read_records(path: str | Path) -> list[dict]:
-    """The records of a trace.jsonl: host.protocol.trace.read_trace where available, else a local reader."""
+    """The records of a trace.jsonl as plain dicts, unvalidated: host.protocol.trace.read_trace_dicts
+    where it can read the file, else a local reader that also skips bad lines in the middle."""
     path = Path(path)
     try:
-        from host.protocol.trace import read_trace  # noqa: PLC0415 (written concurrently; optional)
+        from host.protocol.trace import read_trace_dicts  # noqa: PLC0415
 
-        recs = read_trace(path)
-        recs = [r if isinstance(r, dict) else _as_dict(r) for r in recs]
-        if all(isinstance(r, dict) for r in recs):
+        recs = read_trace_dicts(path)
+        if isinstance(recs, list) and all(isinstance(r, dict) for r in recs):
             return recs
-    except Exception:  # noqa: BLE001 - missing module, other signature, strict validation: read it ourselves
+    except Exception:  # noqa: BLE001 - module missing, or a bad line mid-file: read it tolerantly ourselves
         pass
     with open(path, encoding="utf-8", errors="replace") as f:
         return parse_trace_lines(f)
-
-
-def _as_dict(r: Any) -> Any:
-    for attr in ("to_dict", "_asdict"):
-        if hasattr(r, attr):
-            try:
-                return getattr(r, attr)()
-            except Exception:  # noqa: BLE001
-                return None
-    if hasattr(r, "__dict__"):
-        return dict(vars(r))
-    return None
 
 
 def _read_json(path: Path) -> dict | None:

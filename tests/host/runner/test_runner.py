@@ -67,8 +67,9 @@ def test_run_writes_trace_image_and_status(done_run):
     assert np.array_equal(png, to_uint8_hwc(img))
 
 
-def test_final_latents_equal_the_reference_sampler(make_run, tmp_path):
-    run_dir = make_run(scheduler="dpmpp_2m", steps=3, guidance=5.0)
+@pytest.mark.parametrize("scheduler,karras", [("dpmpp_2m", False), ("euler", True), ("ddim", False)])
+def test_final_latents_equal_the_reference_sampler(make_run, tmp_path, scheduler, karras):
+    run_dir = make_run(scheduler=scheduler, karras=karras, steps=3, guidance=5.0)
     req = RunRequest.from_dict(read_json(run_dir / REQUEST_FILE))
     inputs = load_inputs(run_dir, req)
     with TraceWriter(tmp_path / "t.jsonl") as w:
@@ -102,3 +103,32 @@ def test_cli_exit_codes(make_run, capsys, tmp_path):
     assert main([str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "missing" in err and err.count("\n") == 1
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "host.runner", str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "nowhere" in proc.stderr
+
+
+def test_per_op_profiling_writes_op_spans_for_every_component(make_run):
+    run_dir = make_run(profiling={"memory_interval_ms": 20, "per_op": True})
+    assert run(run_dir).ok
+    ops = [r for r in read_trace(run_dir / TRACE_FILE) if r.TYPE == "span" and r.cat == "op"]
+    assert {s.component for s in ops} == {"text_encoder", "unet", "vae_decoder"}
+    unet_ops = [s for s in ops if s.component == "unet"]
+    assert any(s.args["op_type"] == "Convolution" for s in unet_ops)
+    assert all(s.dur >= 0 for s in ops)
+    starts = [s.start for s in unet_ops]
+    assert starts == sorted(starts)  # ops laid out back to back in execution order
+
+
+def test_block_steps_limits_the_per_block_pass(make_run):
+    run_dir = make_run(profiling={"memory_interval_ms": 20, "per_block": True, "block_steps": 1,
+                                  "block_models": [{"name": "whole_unet", "file": "unet.tflite"}]})
+    assert run(run_dir).ok
+    blocks = [r for r in read_trace(run_dir / TRACE_FILE) if r.TYPE == "span" and r.cat == "block"]
+    assert [b.step for b in blocks] == [0]

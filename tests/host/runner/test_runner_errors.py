@@ -76,15 +76,14 @@ def test_invalid_request_names_the_key(make_run):
     run_dir = make_run()
     _edit_request(run_dir, lambda d: d["scheduler"].pop("x_d"))
     _, records, status = _fail(run_dir, "request.json: $.scheduler.x_d: required key is missing")
-    assert records[0].run_id == "test_run" and records[0].runtime["threads"] is None
-    assert status.run_id is None
+    assert records[0].run_id == status.run_id == "test_run" and records[0].runtime["threads"] is None
 
 
 def test_unreadable_request(make_run):
     run_dir = make_run()
     (run_dir / REQUEST_FILE).write_text("{not json")
-    _, records, _ = _fail(run_dir, "request.json: not valid JSON")
-    assert records[0].run_id is None
+    _, records, status = _fail(run_dir, "request.json: not valid JSON")
+    assert records[0].run_id is None and status.run_id is None
 
 
 def test_unsupported_accelerator(make_run):

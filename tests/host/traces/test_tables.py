@@ -95,6 +95,15 @@ def test_deploy_folder_and_errors(tmp_path):
         tables.load_run(tmp_path)
 
 
+def test_bad_line_mid_trace_is_skipped(tmp_path):
+    d = make_run(tmp_path, "baseline")
+    lines = (d / "trace.jsonl").read_text().splitlines()
+    lines.insert(3, '{"type": "span", "na')
+    (d / "trace.jsonl").write_text("\n".join(lines) + "\n")
+    run = tables.load_run(d)
+    assert len(run.records) == len(lines) - 1 and run.records[0]["type"] == "meta"
+
+
 def test_parse_trace_lines_is_tolerant():
     recs = tables.parse_trace_lines(['{"type": "meta", "t": 0}', "", "[1, 2]", '{"type": "span", "t"'])
     assert recs == [{"type": "meta", "t": 0}]

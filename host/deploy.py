@@ -1,0 +1,178 @@
+"""``python -m host.deploy``: build (or reuse) variants, generate on a device through the run protocol,
+and leave a run folder with images, trace tables, an HTML report and a terminal summary.
+
+Layout of one invocation (metadata lives in the manifests and requests, not in these names):
+
+  runs/<device>/<UTC timestamp>_<label>/          label: the variant, "ladder", or "a-vs-b"
+      <variant>/                                  one protocol run folder per variant (request, trace, image)
+      tables/                                     spans / memory / meta / ladder as parquet and CSV
+      report.html  summary.txt  timeline.perfetto.json  deploy.json
+  runs/<device>/latest -> the newest invocation
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from host.build.cli import REPO, add_build_arguments, default_artifacts
+from host.errors import HarnessError
+from models.config import LADDER, ConfigError
+
+DEVICE_ENV = "SDPHONE_DEVICE"
+
+
+class DeployError(HarnessError):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m host.deploy", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default=os.environ.get(DEVICE_ENV, "host"),
+                   help=f"device profile name (or serial/UDID); default ${DEVICE_ENV} or 'host'")
+    add_build_arguments(p, several_variants=True)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--size", type=int, default=512, help="image side in pixels, a multiple of 64 (default 512)")
+    p.add_argument("--prompt", default="a photograph of an astronaut riding a horse")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--seed", type=int, default=42, help="seed of the initial noise (generated on the host)")
+    p.add_argument("--scheduler", default="dpmpp_2m", help="ddim, dpmpp_2m or euler (default dpmpp_2m)")
+    p.add_argument("--karras", action="store_true", help="Karras sigmas (dpmpp_2m, euler)")
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the device profile's)")
+    p.add_argument("--warmup", type=int, default=0, help="untimed generations before the measured ones")
+    p.add_argument("--repeats", type=int, default=1, help="measured generations per variant")
+    p.add_argument("--no-profile-blocks", dest="profile_blocks", action="store_false",
+                   help="skip the per-block profile build and pass")
+    p.add_argument("--block-steps", type=int, default=2, help="steps at which the block chain is timed (0: all)")
+    p.add_argument("--per-op", action="store_true", help="also profile every op once per component (LiteRT profiler)")
+    p.add_argument("--memory-interval-ms", type=int, default=50)
+    p.add_argument("--out", type=Path, default=REPO / "runs", help="runs folder (default ./runs)")
+    return p
+
+
+def _validate(args) -> None:
+    from host.schedulers import SCHEDULERS
+
+    if args.steps <= 0:
+        raise DeployError(f"--steps {args.steps}: must be at least 1")
+    if args.size <= 0 or args.size % 64:
+        raise DeployError(f"--size {args.size}: must be a positive multiple of 64")
+    if args.scheduler not in SCHEDULERS:
+        raise DeployError(f"--scheduler {args.scheduler!r}: unknown; choose one of {', '.join(SCHEDULERS)}")
+    if args.repeats < 1 or args.warmup < 0:
+        raise DeployError("--repeats must be >= 1 and --warmup >= 0")
+    for v in args.variant or ():
+        if v not in LADDER:
+            raise ConfigError(f"unknown variant {v!r}; choose one of: {', '.join(LADDER)}")
+
+
+def resolve_device(name: str):
+    """The device profile and a runner for it. Phones are reached through their transports."""
+    from host.profiles import load_profile
+
+    profile = load_profile(name)
+    if profile.device.platform != "host":
+        raise DeployError(
+            f"{name}: no {profile.device.platform} transport in this build of the harness; "
+            "run on the embedded default with --device host")
+    return profile
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _deploy(args)
+    except (HarnessError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk or an unwritable folder: name the file
+        print(f"error: {e.filename or ''}: {e.strerror}", file=sys.stderr)
+        return 2
+
+
+def _deploy(args) -> int:
+    from host.build.cli import run_builds
+
+    _validate(args)
+    profile = resolve_device(args.device)
+    names = ([n for n in LADDER if n != "optimized"] if args.ladder else (args.variant or ["baseline", "optimized"]))
+    label = "ladder" if args.ladder else "-vs-".join(names)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    device_dir = args.out / profile.device.name
+    session = device_dir / f"{stamp}_{label}"
+    session.mkdir(parents=True, exist_ok=False)
+    _link_latest(device_dir, session)
+    print(f"run folder: {session}")
+
+    builds = []
+    for name in names:
+        build_args = argparse.Namespace(**{**vars(args), "variant": name, "ladder": False, "image_size": args.size,
+                                           "no_verify": False, "components": None, "threads": 2})
+        build_args.components = ("text_encoder", "unet", "vae_decoder")
+        builds.extend(run_builds(build_args, log=lambda s: print(f"  build {s}")))
+
+    runs = []
+    for manifest, build_dir, cached in builds:
+        runs.append(_run_variant(args, profile, session, manifest, build_dir))
+
+    from host.report import render_report, terminal_summary
+    from host.traces.perfetto import chrome_trace, merge_traces
+    from host.traces.tables import concat_tables, load_run, save_tables
+
+    loaded = [load_run(r) for r in runs]
+    save_tables(concat_tables(r.tables for r in loaded), session / "tables")
+    merged = merge_traces(chrome_trace(r.records, process_name=r.variant) for r in loaded)
+    (session / "timeline.perfetto.json").write_text(json.dumps(merged))
+    report = render_report(session, session / "report.html", profile=profile.device.name)
+    summary = terminal_summary(session)
+    (session / "summary.txt").write_text(summary + "\n")
+    (session / "deploy.json").write_text(json.dumps({
+        "device": profile.device.name, "argv": sys.argv[1:], "variants": names,
+        "runs": [str(r.relative_to(session)) for r in runs], "report": report.name}, indent=2))
+    print(summary)
+    print(f"report: {report}")
+    return 0
+
+
+def _run_variant(args, profile, session: Path, manifest: dict, build_dir: Path) -> Path:
+    from host.request import prepare_run
+    from host.runner import run
+
+    name = manifest["variant"]["name"]
+    run_dir = session / name
+    blocks = [{"name": b["name"], "file": str(build_dir / b["file"])} for b in manifest.get("profile_blocks", [])]
+    prepare_run(
+        run_dir, manifest, build_dir, prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
+        steps=args.steps, scheduler=args.scheduler, karras=args.karras, guidance=args.guidance, size=args.size,
+        runtime={"accelerator": profile.runtime.accelerator, "precision": profile.runtime.precision,
+                 "threads": args.threads or profile.runtime.threads, "warmup": args.warmup, "repeats": args.repeats},
+        profiling={"memory_interval_ms": args.memory_interval_ms, "per_op": args.per_op,
+                   "per_block": bool(blocks), "block_models": blocks, "block_steps": args.block_steps},
+        run_id=f"{session.name.split('_')[0]}_{name}",
+    )
+    shutil.copy2(build_dir / "manifest.json", run_dir / "models" / "manifest.json")
+    t0 = time.perf_counter()
+    print(f"  run {name}: {args.steps} steps at {args.size}x{args.size} on {profile.device.name} ...")
+    run(run_dir)
+    print(f"  run {name}: done in {time.perf_counter() - t0:.1f} s")
+    return run_dir
+
+
+def _link_latest(device_dir: Path, session: Path) -> None:
+    link = device_dir / "latest"
+    tmp = device_dir / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(session.name)
+    os.replace(tmp, link)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

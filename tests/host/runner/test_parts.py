@@ -1,0 +1,72 @@
+"""Small parts of the runner: the memory sampler and the block chain's feeding by name."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from host.protocol import BlockModelSpec, TensorSpec, TraceWriter, read_trace
+from host.protocol.messages import MetaRecord
+from host.runner import RunnerError
+from host.runner.memory import MemorySampler, read_proc_status
+from host.runner.pipeline import run_blocks, to_uint8_hwc
+from host.runner.tracing import Clock, Tracer
+
+META = MetaRecord(t=0.0, run_id="r", runner="python-host", runner_version="1", device={"model": "m", "os": "o", "soc": "s"},
+                  runtime={"accelerator": "cpu", "precision": "fp32", "threads": 1, "delegate": "xnnpack"})
+
+
+def test_read_proc_status(tmp_path):
+    rss, peak = read_proc_status()
+    assert 0 < rss <= peak
+    fake = tmp_path / "status"
+    fake.write_text("Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n")
+    assert read_proc_status(str(fake)) == (1024 * 1024, 2048 * 1024)
+    assert read_proc_status(str(tmp_path / "missing")) is None
+
+
+def test_memory_sampler_writes_records_until_stopped(tmp_path):
+    path = tmp_path / "trace.jsonl"
+    with TraceWriter(path) as w:
+        w.write(META)
+        sampler = MemorySampler(Tracer(w, Clock()), 0.002).start()
+        time.sleep(0.05)
+        sampler.stop()
+        sampler.stop()  # idempotent
+        n = len(read_trace(path))
+        time.sleep(0.01)
+        assert len(read_trace(path)) == n  # nothing after stop
+    mem = read_trace(path)[1:]
+    assert len(mem) >= 3 and all(r.TYPE == "memory" and r.source == "proc_status" for r in mem)
+
+
+class _Add:
+    """Stands in for a LiteRtModel: y = a + b."""
+
+    def run(self, **kw):
+        return {"y": kw["a"] + kw["b"]}
+
+
+def _spec(name, ins, outs):
+    t = lambda n: TensorSpec(n, (1,), "float32")  # noqa: E731
+    return BlockModelSpec(name=name, file=f"{name}.tflite", signature=name, inputs=tuple(map(t, ins)),
+                          outputs=tuple(map(t, outs)))
+
+
+def test_block_chain_feeds_by_name_and_names_missing_inputs(tmp_path):
+    with TraceWriter(tmp_path / "t.jsonl") as w:
+        tracer = Tracer(w, Clock())
+        one = np.ones(1, np.float32)
+        pool = run_blocks([(_spec("first", ["a", "b"], ["y"]), _Add())], {"a": one, "b": one}, tracer, step=0, repeat=0)
+        assert pool["y"] == 2
+        with pytest.raises(RunnerError, match="block second: input 'zzz'"):
+            run_blocks([(_spec("first", ["a", "b"], ["y"]), _Add()), (_spec("second", ["y", "zzz"], ["y"]), _Add())],
+                       {"a": one, "b": one}, tracer, step=0, repeat=0)
+
+
+def test_png_conversion_rounds_and_clips():
+    img = np.array([-2.0, -1.0, 0.0, 1.0, 3.0, 0.5], np.float32).reshape(1, 3, 1, 2)
+    out = to_uint8_hwc(img)
+    assert out.shape == (1, 2, 3)
+    assert out.transpose(2, 0, 1).reshape(-1).tolist() == [0, 0, 128, 255, 255, 191]
