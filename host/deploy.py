@@ -20,7 +20,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from host.build.cli import REPO, add_build_arguments, default_artifacts
+from tqdm import tqdm
+
+from host.build.cli import REPO, add_build_arguments
 from host.errors import HarnessError
 from models.config import LADDER, ConfigError
 
@@ -104,19 +106,19 @@ def _deploy(args) -> int:
     profile = resolve_device(args.device)
     names = ([n for n in LADDER if n != "optimized"] if args.ladder else (args.variant or ["baseline", "optimized"]))
     label = "ladder" if args.ladder else "-vs-".join(names)
+    builds = []
+    for name in names:
+        build_args = argparse.Namespace(**{**vars(args), "variant": name, "ladder": False, "image_size": args.size,
+                                           "no_verify": False, "threads": 2,
+                                           "components": ("text_encoder", "unet", "vae_decoder")})
+        builds.extend(run_builds(build_args, log=lambda s: print(f"  build {s}")))
+
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     device_dir = args.out / profile.device.name
     session = device_dir / f"{stamp}_{label}"
     session.mkdir(parents=True, exist_ok=False)
     _link_latest(device_dir, session)
     print(f"run folder: {session}")
-
-    builds = []
-    for name in names:
-        build_args = argparse.Namespace(**{**vars(args), "variant": name, "ladder": False, "image_size": args.size,
-                                           "no_verify": False, "components": None, "threads": 2})
-        build_args.components = ("text_encoder", "unet", "vae_decoder")
-        builds.extend(run_builds(build_args, log=lambda s: print(f"  build {s}")))
 
     runs = []
     for manifest, build_dir, cached in builds:
@@ -159,8 +161,16 @@ def _run_variant(args, profile, session: Path, manifest: dict, build_dir: Path) 
     )
     shutil.copy2(build_dir / "manifest.json", run_dir / "models" / "manifest.json")
     t0 = time.perf_counter()
-    print(f"  run {name}: {args.steps} steps at {args.size}x{args.size} on {profile.device.name} ...")
-    run(run_dir)
+    generations = args.warmup + args.repeats
+    with tqdm(total=generations * args.steps, desc=f"{name} steps", unit="step", file=sys.stdout,
+              dynamic_ncols=True, leave=True) as bar:
+        def progress(record) -> None:
+            if getattr(record, "name", None) == "unet_step":
+                bar.update(1)
+            elif getattr(record, "cat", None) == "block" and record.name == "conv_in":
+                bar.set_postfix_str(f"per-block pass, step {record.step}")
+
+        run(run_dir, on_record=progress)
     print(f"  run {name}: done in {time.perf_counter() - t0:.1f} s")
     return run_dir
 

@@ -51,8 +51,14 @@ def variants_from_args(args) -> list:
     if args.ladder:
         if overrides:
             raise ConfigError("--ladder builds the named rungs; switch overrides apply to --variant only")
-        return [get_variant(n, args.quant) for n in LADDER if n != "optimized"]
-    return [get_variant(args.variant, args.quant, **overrides)]
+        variants = [get_variant(n, args.quant) for n in LADDER if n != "optimized"]
+    else:
+        variants = [get_variant(args.variant, args.quant, **overrides)]
+    from host.build.builder import check_buildable
+
+    for v in variants:
+        check_buildable(v)
+    return variants
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +85,7 @@ def run_builds(args, log=print) -> list[tuple[dict, Path, bool]]:
         print(f"WARNING: {weights.warning}", file=sys.stderr)
     opts = BuildOptions(root=root, verify=not getattr(args, "no_verify", False), threads=getattr(args, "threads", 2),
                         components=tuple(getattr(args, "components", COMPONENTS)),
-                        profile_blocks=getattr(args, "profile_blocks", False))
+                        profile_blocks=getattr(args, "profile_blocks", False), progress=sys.stdout.isatty())
     return [build_variant(v, weights, opts, log) for v in variants]
 
 

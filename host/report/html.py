@@ -353,6 +353,15 @@ def _layers(d: ReportData) -> str:
                                      title=f"{_str(comp)}: median latency per block")
         checks = [f"<li>{escape(run_label(r, d.multi_device))}: {escape(_str(m))}</li>" for r in d.runs
                   for m in r.events.loc[r.events["name"] == "per_block_check", "message"]]
+        gaps = []
+        for r in d.runs:
+            s = compare.run_summary(r)
+            if not math.isnan(s["block_sum_s"]):
+                gaps.append(f"<li>{escape(run_label(r, d.multi_device))}: sum of blocks {fmt_s(s['block_sum_s'])} "
+                            f"vs whole-model step {fmt_s(s['unet_step_median_s'])} ({s['block_gap']:+.1%})</li>")
+        if gaps:
+            body += ("<p class='note'>Sum of the per-block models against the whole-model UNet step (the gap is "
+                     "per-model overhead and fusion lost at block borders):</p><ul>" + "".join(gaps) + "</ul>")
         if checks:
             body += f"<p class='note'>Block chain vs the whole UNet:</p><ul>{''.join(checks)}</ul>"
         wide = compare.layer_table(lay)
@@ -626,6 +635,11 @@ def terminal_summary(source: Any, baseline: str | None = None, max_blocks: int =
                                       for c in wide.columns[2:]] for rec in wide.head(max_blocks).to_dict("records")]
         out.append("")
         out.append(_text_table(rows, ["block"] + list(wide.columns[2:])))
+    for r in runs:
+        sm = compare.run_summary(r)
+        if not math.isnan(sm["block_sum_s"]):
+            out.append(f"{r.variant}: sum of UNet blocks {fmt_s(sm['block_sum_s'])} vs whole step "
+                       f"{fmt_s(sm['unet_step_median_s'])} ({sm['block_gap']:+.1%})")
     bad = [f"{r.run_id}: {(r.status or {}).get('state', 'missing')} {(r.status or {}).get('message') or ''}".rstrip()
            for r in runs if (r.status or {}).get("state") != "ok"]
     if bad:

@@ -11,7 +11,7 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from host.errors import HarnessError
 from host.protocol.constants import COMPONENTS, IMAGE_F32, IMAGE_PNG, REQUEST_FILE, STATUS_FILE, TRACE_FILE
@@ -197,8 +197,11 @@ def profile_ops_of(paths: dict[str, Path], req: RunRequest, models: Models, gen:
             t += dur
 
 
-def run(run_dir: str | Path) -> Status:
-    """Execute the run folder ``run_dir``; returns the ok status, raises a HarnessError on failure."""
+def run(run_dir: str | Path, on_record: Callable[[Any], None] | None = None) -> Status:
+    """Execute the run folder ``run_dir``; returns the ok status, raises a HarnessError on failure.
+
+    ``on_record`` sees every trace record as it is written (the deploy CLI drives its progress bar with it).
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunnerError(f"{run_dir}: run folder not found")
@@ -209,7 +212,7 @@ def run(run_dir: str | Path) -> Status:
     except OSError as e:
         raise RunnerError(f"{run_dir / TRACE_FILE}: cannot write the trace ({e.strerror})") from None
     with writer:
-        state = _Run(run_dir, Tracer(writer, Clock()))
+        state = _Run(run_dir, Tracer(writer, Clock(), on_record))
         try:
             return state.execute()
         except HarnessError as e:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from host.protocol.messages import EventRecord, SpanRecord, TraceRecord
 from host.protocol.trace import TraceWriter
@@ -26,15 +26,18 @@ def _r(seconds: float) -> float:
 class Tracer:
     """Writes records stamped with ``clock``; :meth:`span` times a block of code."""
 
-    def __init__(self, writer: TraceWriter, clock: Clock) -> None:
+    def __init__(self, writer: TraceWriter, clock: Clock, on_record: Callable[[TraceRecord], None] | None = None) -> None:
         self.writer = writer
         self.clock = clock
+        self.on_record = on_record  # e.g. a progress bar; sees every record after it is written
 
     def now(self) -> float:
         return _r(self.clock.now())
 
     def write(self, record: TraceRecord) -> None:
         self.writer.write(record)
+        if self.on_record is not None:
+            self.on_record(record)
 
     def event(self, name: str, message: str, args: Mapping[str, Any] | None = None) -> None:
         self.write(EventRecord(t=self.now(), name=name, message=message, args=args))

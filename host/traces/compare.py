@@ -27,12 +27,15 @@ SUMMARY_COLUMNS: dict[str, str] = {
     "unet_total_s": "float64",
     "vae_decoder_s": "float64",
     "end_to_end_s": "float64",       # the "generation" span; sum of the parts where it is missing
+    "block_sum_s": "float64",        # per-block pass: sum of the UNet blocks at a step (median over steps)
+    "block_gap": "float64",          # block_sum_s / unet_step_median_s - 1 (per-model overheads, lost fusion)
     "peak_rss_bytes": "Int64",
     "model_bytes": "Int64",
 }
 
 LADDER_COLUMNS: dict[str, str] = {
-    **{k: v for k, v in SUMMARY_COLUMNS.items() if k not in ("state", "repeats", "steps", "load_s")},
+    **{k: v for k, v in SUMMARY_COLUMNS.items()
+       if k not in ("state", "repeats", "steps", "load_s", "block_sum_s", "block_gap")},
     "unet_speedup": "float64",       # baseline unet_total_s / this unet_total_s
     "speedup": "float64",            # baseline end_to_end_s / this end_to_end_s
 }
@@ -139,12 +142,16 @@ def run_summary(run: Run) -> dict:
     meta = run.meta.iloc[0] if len(run.meta) else {}
     reps = sorted(set(int(r) for r in spans["repeat"].dropna())) if len(spans) else []
     n_steps = int(steps.groupby("repeat").size().median()) if len(steps) else None
+    blocks = run.spans[(run.spans["cat"] == "block") & (run.spans["component"] == "unet")]
+    block_sum = _median(blocks.groupby(["repeat", "step"])["dur_s"].sum().values) if len(blocks) else math.nan
+    step_median = _median(steps["dur_s"].values)
     return {
         "run_id": run.run_id, "variant": run.variant, "device": run.device,
         "state": (run.status or {}).get("state", "missing"),
         "repeats": len(reps), "steps": n_steps, "load_s": load_s,
-        "text_encoder_s": _median(te.values), "unet_step_median_s": _median(steps["dur_s"].values),
+        "text_encoder_s": _median(te.values), "unet_step_median_s": step_median,
         "unet_total_s": _median(unet_total.values), "vae_decoder_s": _median(dec.values), "end_to_end_s": e2e,
+        "block_sum_s": block_sum, "block_gap": block_sum / step_median - 1 if step_median else math.nan,
         "peak_rss_bytes": peak, "model_bytes": meta.get("model_bytes") if len(run.meta) else None,
     }
 

@@ -82,10 +82,10 @@ def test_winograd_is_selectable_per_component(tiny_builds):
     assert _main_ops(manifest, "vae_decoder")["TRANSPOSE_CONV"] > 0
 
 
-@pytest.mark.parametrize("quant", ["fp16", "int8"])
-def test_quantized_variants(tiny_builds, quant):
-    fp32, _ = tiny_builds.get("optimized")
-    q, _ = tiny_builds.get("optimized", quantization=quant)
+@pytest.mark.parametrize("variant, quant", [("optimized", "fp16"), ("+flash", "int8")])
+def test_quantized_variants(tiny_builds, variant, quant):
+    fp32, _ = tiny_builds.get(variant)
+    q, _ = tiny_builds.get(variant, quantization=quant)
     assert q["variant"]["quantization"] == quant
     for comp in ("text_encoder", "unet", "vae_decoder"):
         c = q["components"][comp]
@@ -139,3 +139,9 @@ def test_profile_build_splits_the_unet_into_chained_blocks(tiny_builds, artifact
     # The block weights add up to the whole UNet's (no block carries unused weights).
     total = sum(b["size_bytes"] for b in blocks)
     assert 0.9 < total / manifest["components"]["unet"]["size_bytes"] < 1.2
+
+
+def test_int8_with_winograd_is_refused_up_front():
+    from host.build import cli
+
+    assert cli.main(["--model", "tiny", "--variant", "optimized", "--quant", "int8"]) == 2
