@@ -30,6 +30,7 @@ from host.protocol.messages import (
 )
 from host.schedulers import SCHEDULERS, make_table, timestep_embedding
 from models.tokenizer import Tokenizer, get_tokenizer
+from host.hashing import file_sha256
 
 
 BLOCKS_DIR = "blocks"
@@ -46,14 +47,6 @@ def make_noise(seed: int, shape: Sequence[int]) -> np.ndarray:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _model_spec(manifest: Mapping[str, Any], component: str) -> ModelSpec:

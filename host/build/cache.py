@@ -20,6 +20,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from host.hashing import file_sha256  # noqa: F401  (part of the store's API)
 
 TOOLS = ("torch", "litert-torch", "ai-edge-litert", "ai-edge-quantizer", "tensorflow-cpu", "diffusers", "transformers")
 _ROOT = Path(__file__).resolve().parents[2]
@@ -49,14 +50,6 @@ def code_hash() -> str:
 
 def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Store:

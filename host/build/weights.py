@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from host.errors import HarnessError
+from host.hashing import file_sha256
 from models.config import ConfigError, ModelConfig, from_diffusers, get_model_config
 
 RANDOM_WEIGHTS_WARNING = (
@@ -141,11 +142,7 @@ def _file_sha256(path: str, index_path: str) -> str:
         pass
     if key in index:
         return index[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    index[key] = h.hexdigest()
+    index[key] = file_sha256(path)
     os.makedirs(os.path.dirname(index_path), exist_ok=True)
     tmp = f"{index_path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:

@@ -1,7 +1,6 @@
 """Finding, verifying and loading the request's model files and noise."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -12,18 +11,11 @@ from host.errors import HarnessError
 from host.protocol.messages import BlockModelSpec, ModelSpec, RunRequest
 from host.runner.tracing import Tracer
 from host.runtime import LiteRtModel
+from host.hashing import file_sha256
 
 
 class RunnerError(HarnessError):
     """A run that cannot go on (missing or corrupt file, unsupported setting, crash); one line."""
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def models_dir(run_dir: Path, request: RunRequest) -> Path:

@@ -1,7 +1,6 @@
 """``python -m host.build``: cache hits, atomic writes, checkpoints and bad input."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path

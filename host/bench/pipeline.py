@@ -1,0 +1,745 @@
+"""End-to-end pipeline benchmark: our baseline and optimized LiteRT builds against litert-torch's own
+Stable Diffusion example (converted to LiteRT) and diffusers / transformers in fp32 PyTorch eager.
+
+``python -m host.bench pipeline [--model sd14|tiny] [--steps 20] [--size 512] [--repeats 3] [--threads 2]
+[--systems ours-baseline,ours-optimized,litert-example,torch-eager] [--out DIR] [--json FILE]``
+
+Every system runs the protocol's generation loop (docs/protocol.md: text encoder, ``steps`` UNet steps
+with classifier-free guidance as one batch-2 call, decoder) on the same tokens, noise and scheduler
+table, on ``--threads`` CPU threads, ``--warmup`` untimed generations then ``--repeats`` measured ones.
+Measured per repeat: every UNet step (the whole step: input scaling, the batch-2 call, guidance,
+scheduler update; the span the host runner writes), the text encoder, the decoder and the whole
+generation; plus the peak RSS (VmHWM) of the process that ran the system.
+
+Each system is prepared (built / converted / found in the artifact store) in one subprocess and run in
+another, fresh one, so its peak RSS is its own. A run subprocess prints one JSON line on stdout; a
+system that fails is reported with its one-line error and the others go on.
+
+* ours-baseline / ours-optimized: ``host.build`` (seeded random weights), then ``host.request.prepare_run``
+  + ``host.runner.run``; timings from the run's trace.jsonl, peak RSS from its memory records.
+* litert-example: litert-torch's example modules, every tensor initialised from seeded generators
+  (host/bench/refs.py), converted as its convert_to_tflite.py does, run with the same LiteRT/XNNPACK
+  interpreter settings as our runner. Its text encoder takes batch 1 (called twice, cond and uncond,
+  as its pipeline.py does: the text-encoder time is both calls), its UNet a [1, C0] time embedding.
+* torch-eager: diffusers UNet2DConditionModel / AutoencoderKL.decode / transformers CLIPTextModel, fp32,
+  torch.inference_mode, no autocast, torch threads = --threads.
+
+Figures go to stdout and to ``<out>/pipeline.json`` (every raw sample), and to --json FILE.
+``SDPHONE_BENCH_FAIL=system[,system]`` makes those systems fail on purpose (for tests).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from host.bench.refs import BenchError
+
+SYSTEMS = ("ours-baseline", "ours-optimized", "litert-example", "torch-eager")
+BASELINE, OPTIMIZED = "ours-baseline", "ours-optimized"
+METRICS = ("unet_step", "text_encoder", "vae_decoder", "generation")
+METRIC_LABELS = {"unet_step": "UNet step", "text_encoder": "text encoder", "vae_decoder": "VAE decoder",
+                 "generation": "generation", "peak_rss": "peak RSS"}
+FAIL_ENV = "SDPHONE_BENCH_FAIL"
+RESULT_KEY = "sdphone_bench_result"
+SCHEMA = "sdphone.bench.pipeline"
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ================================================================================================ CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m host.bench pipeline", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="sd14", help="sd14 or tiny (default sd14)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--size", type=int, default=None, help="image side in pixels, a multiple of 64 (default: the model's)")
+    p.add_argument("--repeats", type=int, default=3, help="measured generations per system (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed generations before the measured ones (default 1)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, from: {', '.join(SYSTEMS)}")
+    p.add_argument("--scheduler", default="dpmpp_2m")
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--seed", type=int, default=42, help="seed of the initial noise")
+    p.add_argument("--seed-weights", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--prompt", default="a photograph of an astronaut riding a horse")
+    p.add_argument("--artifacts", type=Path, default=None, help="artifact store (default $SDPHONE_ARTIFACTS or ./artifacts)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/bench/pipeline-<UTC stamp>)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--timeout", type=float, default=0, help="seconds per subprocess, 0 = none (default)")
+    p.add_argument("--verbose", action="store_true", help="echo the subprocesses' stderr")
+    return p
+
+
+def _validate(args) -> list[str]:
+    from models.config import MODELS
+
+    if args.model not in MODELS:
+        raise BenchError(f"--model {args.model!r}: choose one of {', '.join(MODELS)}")
+    if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or args.threads < 1:
+        raise BenchError("--steps, --repeats and --threads must be >= 1, --warmup >= 0")
+    if args.size is not None and (args.size <= 0 or args.size % 64):
+        raise BenchError(f"--size {args.size}: must be a positive multiple of 64")
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown or not systems:
+        raise BenchError(f"--systems: unknown system {unknown[0] if unknown else '(none)'!r}; choose from {', '.join(SYSTEMS)}")
+    return list(dict.fromkeys(systems))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--child"]:
+        return child_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        systems = _validate(args)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from host.build.cli import default_artifacts
+    from models.config import get_model_config
+
+    size = args.size or get_model_config(args.model).image_size
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = (args.out or REPO / "runs" / "bench" / f"pipeline-{stamp}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"model": args.model, "steps": args.steps, "size": size, "repeats": args.repeats, "warmup": args.warmup,
+                "threads": args.threads, "systems": systems, "scheduler": args.scheduler, "guidance": args.guidance,
+                "seed": args.seed, "seed_weights": args.seed_weights, "prompt": args.prompt, "negative_prompt": "",
+                "artifacts": str((args.artifacts or default_artifacts()).resolve()), "out": str(out)}
+    print(f"pipeline benchmark: {args.model} {size}x{size}, {args.steps} steps, CFG batch 2, {args.threads} threads, "
+          f"warmup {args.warmup} + {args.repeats} repeats; systems: {', '.join(systems)}")
+    print(f"output: {out}")
+
+    results: dict[str, dict] = {}
+    for system in systems:
+        results[system] = run_system(system, settings, out, timeout=args.timeout or None, verbose=args.verbose)
+
+    report = assemble(settings, results, argv)
+    report["flop_floor"] = flop_floor(results)
+    report["image_check"] = image_check(out, results)
+    text = render(report)
+    print(text)
+    (out / "summary.txt").write_text(text + "\n")
+    blob = json.dumps(report, indent=2, default=_json_default)
+    (out / "pipeline.json").write_text(blob)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(blob)
+    print(f"raw samples: {out / 'pipeline.json'}" + (f" and {args.json}" if args.json else ""))
+    return 0 if all(r["status"] == "ok" for r in results.values()) else 1
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+# ================================================================================================ parent side
+
+
+def run_system(system: str, settings: dict, out: Path, timeout: float | None, verbose: bool) -> dict:
+    """Prepare then run one system, each in its own subprocess; never raises."""
+    rec: dict[str, Any] = {"system": system, "status": "failed", "error": None, "prepare": None, "run": None}
+    sdir = out / system
+    sdir.mkdir(parents=True, exist_ok=True)
+    for phase in ("prepare", "run"):
+        t0 = time.perf_counter()
+        print(f"  {system}: {phase} ...", flush=True)
+        res = _spawn(phase, system, {**settings, "prepared": rec["prepare"] or {}}, sdir, timeout, verbose)
+        res["wall_seconds"] = round(time.perf_counter() - t0, 2)
+        rec[phase] = res
+        if not res.get("ok"):
+            rec["error"] = f"{phase}: {res.get('error') or 'failed'}"
+            print(f"  {system}: {phase} FAILED: {res.get('error')}", flush=True)
+            return rec
+        extra = " (cached)" if res.get("info", {}).get("cached") else ""
+        print(f"  {system}: {phase} ok in {res['wall_seconds']:.1f} s{extra}", flush=True)
+    try:
+        rec["stats"] = system_stats(rec["run"])
+        rec["status"] = "ok"
+    except (BenchError, KeyError, TypeError, ValueError) as e:
+        rec["error"] = f"results: {e}"
+    return rec
+
+
+def _spawn(phase: str, system: str, spec: dict, sdir: Path, timeout: float | None, verbose: bool) -> dict:
+    spec_path = sdir / f"{phase}.spec.json"
+    spec_path.write_text(json.dumps(spec, indent=2, default=_json_default))
+    log_path = sdir / f"{phase}.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    cmd = [sys.executable, "-m", "host.bench.pipeline", "--child", phase, system, str(spec_path)]
+    tail: list[str] = []
+    try:
+        proc = subprocess.Popen(cmd, cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, errors="replace")
+    except OSError as e:
+        return {"ok": False, "error": f"cannot start subprocess: {e}"}
+    stdout: list[str] = []
+    reader = threading.Thread(target=lambda: stdout.extend(proc.stdout), daemon=True)
+    reader.start()
+    timer = threading.Timer(timeout, proc.kill) if timeout else None
+    if timer:
+        timer.start()
+    with open(log_path, "w") as log:
+        for line in proc.stderr:
+            log.write(line)
+            log.flush()
+            if line.strip():
+                tail = (tail + [line.strip()])[-20:]
+            if verbose or line.startswith("[bench]"):
+                sys.stderr.write(f"    {line}" if line.startswith("[bench]") else line)
+    rc = proc.wait()
+    reader.join(timeout=10)
+    if timer:
+        timer.cancel()
+    for line in reversed(stdout):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and obj.get(RESULT_KEY):
+            obj.pop(RESULT_KEY)
+            obj["log"] = str(log_path)
+            return obj
+    if rc < 0:
+        why = {9: "killed (SIGKILL: timeout or out of memory)", 11: "crashed (SIGSEGV)", 6: "aborted (SIGABRT)"}
+        err = f"subprocess {why.get(-rc, f'died with signal {-rc}')}"
+    else:
+        err = f"subprocess exited {rc} without a result"
+    last = next((t for t in reversed(tail) if not t.startswith("[bench]")), None)
+    return {"ok": False, "error": err + (f"; last stderr line: {last[:300]}" if last else ""), "log": str(log_path)}
+
+
+def _stats(values: list[float]) -> dict:
+    vals = [float(v) for v in values]
+    if not vals or not all(math.isfinite(v) and v >= 0 for v in vals):
+        raise BenchError(f"non-finite or negative samples {vals}")
+    return {"min": min(vals), "median": statistics.median(vals), "max": max(vals), "n": len(vals)}
+
+
+def system_stats(run: dict) -> dict:
+    """min / median / max over repeats; the UNet step is the median step of each repeat."""
+    s = run["samples"]
+    if len(s["unet_step"]) != len(s["generation"]) or not s["generation"]:
+        raise BenchError("samples do not have one entry per repeat")
+    out = {"unet_step": _stats([statistics.median(steps) for steps in s["unet_step"]]),
+           "unet_step_all": _stats([v for steps in s["unet_step"] for v in steps])}
+    for m in ("text_encoder", "vae_decoder", "generation"):
+        out[m] = _stats(s[m])
+    peak = run.get("peak_rss_bytes")
+    out["peak_rss"] = {"bytes": int(peak)} if peak else None
+    return out
+
+
+def _median(rec: dict, metric: str) -> float | None:
+    st = (rec or {}).get("stats") or {}
+    if metric == "peak_rss":
+        return float(st["peak_rss"]["bytes"]) if st.get("peak_rss") else None
+    return st[metric]["median"] if metric in st else None
+
+
+def assemble(settings: dict, results: dict[str, dict], argv: list[str]) -> dict:
+    from host.build.cache import tool_versions
+    from host.runner.run import device_info
+
+    ratios: dict[str, dict] = {}
+    base = results.get(BASELINE)
+    opt = results.get(OPTIMIZED)
+    metrics = list(METRICS) + ["peak_rss"]
+    if base and base["status"] == "ok":
+        ratios["vs_ours_baseline"] = {s: {m: _ratio(_median(r, m), _median(base, m)) for m in metrics}
+                                      for s, r in results.items() if r["status"] == "ok"}
+    if opt and opt["status"] == "ok":
+        ratios["ours_optimized_speedup"] = {s: {m: _ratio(_median(r, m), _median(opt, m)) for m in metrics}
+                                            for s, r in results.items() if r["status"] == "ok" and s != OPTIMIZED}
+    return {"schema": SCHEMA, "version": 1, "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "argv": argv, "settings": settings, "host": device_info(), "tools": tool_versions(),
+            "definitions": {
+                "ratio vs_ours_baseline": "median(system) / median(ours-baseline): > 1 is slower / more memory",
+                "ratio ours_optimized_speedup": "median(system) / median(ours-optimized): > 1 means ours-optimized is faster / smaller",
+                "unet_step": "per repeat, the median over steps of the whole-step time (scaling, batch-2 UNet call, "
+                             "guidance, scheduler update); samples.unet_step holds every step",
+                "peak_rss": "VmHWM of the subprocess that ran the system"},
+            "systems": results, "ratios": ratios}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def flop_floor(results: dict[str, dict]) -> dict | None:
+    """UNet step FLOPs (host.traces.graph.analyze) over the host profile's peak FLOP/s."""
+    floors: dict[str, Any] = {}
+    try:
+        from host.profiles import load_profile
+        from host.traces.graph import analyze
+
+        peak = float(load_profile("host").roofline.peak_flops)
+    except Exception as e:  # noqa: BLE001 - informative only
+        return {"error": f"{type(e).__name__}: {e}"}
+    for system, label in ((BASELINE, "direct convolution (ours-baseline graph)"),
+                          (OPTIMIZED, "ours-optimized graph as executed (Winograd arithmetic)")):
+        build_dir = ((results.get(system) or {}).get("prepare") or {}).get("info", {}).get("build_dir")
+        if not build_dir or not (Path(build_dir) / "unet.tflite").is_file():
+            continue
+        try:
+            a = analyze(Path(build_dir) / "unet.tflite", "unet")
+        except Exception as e:  # noqa: BLE001
+            floors[system] = {"label": label, "error": f"{type(e).__name__}: {e}"}
+            continue
+        floors[system] = {"label": label, "flops": a.total_flops, "peak_flops": peak,
+                          "floor_s": a.total_flops / peak}
+    return floors or None
+
+
+def image_check(out: Path, results: dict[str, dict]) -> dict:
+    """Relative L2 difference of each system's final image against ours-baseline's (same weights and inputs
+    for ours-optimized and torch-eager; the litert-example has other weights and is not compared)."""
+    import numpy as np
+
+    ref_path = out / BASELINE / "image.npy"
+    if not ref_path.is_file() or (results.get(BASELINE) or {}).get("status") != "ok":
+        return {}
+    ref = np.load(ref_path).astype(np.float64)
+    checks = {}
+    for s in (OPTIMIZED, "torch-eager"):
+        p = out / s / "image.npy"
+        if (results.get(s) or {}).get("status") == "ok" and p.is_file():
+            img = np.load(p).astype(np.float64)
+            if img.shape == ref.shape:
+                checks[s] = {"rel_l2_vs_ours_baseline": float(np.linalg.norm(img - ref) / max(np.linalg.norm(ref), 1e-30)),
+                             "max_abs_diff": float(np.max(np.abs(img - ref)))}
+    return checks
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+
+def _unit(values: list[float]) -> tuple[str, float]:
+    top = max(values) if values else 1.0
+    return ("ms", 1e3) if top < 1.0 else ("s", 1.0)
+
+
+def _fmt(v: float, scale: float) -> str:
+    x = v * scale
+    return f"{x:.4g}" if abs(x) < 1000 else f"{x:.0f}"
+
+
+def render(report: dict) -> str:
+    st = report["settings"]
+    results = report["systems"]
+    ok = {s: r for s, r in results.items() if r["status"] == "ok"}
+    lines = [
+        "",
+        f"== pipeline benchmark: {st['model']} {st['size']}x{st['size']}, {st['steps']} steps ({st['scheduler']}), "
+        f"CFG batch 2, {st['threads']} threads, warmup {st['warmup']} + {st['repeats']} measured repeats ==",
+        "median [min - max] over repeats; UNet step = median step of each repeat; peak RSS = VmHWM of the system's process",
+    ]
+    cols = list(METRICS)
+    units = {m: _unit([r["stats"][m]["median"] for r in ok.values()]) for m in cols}
+    head = f"{'system':<16}" + "".join(f"{METRIC_LABELS[m] + ' (' + units[m][0] + ')':>30}" for m in cols) + f"{'peak RSS GiB':>14}"
+    lines += [head, "-" * len(head)]
+    for s, r in results.items():
+        if r["status"] != "ok":
+            lines.append(f"{s:<16}FAILED: {r['error']}")
+            continue
+        cells = []
+        for m in cols:
+            x, sc = r["stats"][m], units[m][1]
+            cells.append(f"{_fmt(x['median'], sc)} [{_fmt(x['min'], sc)} - {_fmt(x['max'], sc)}]")
+        peak = r["stats"].get("peak_rss")
+        lines.append(f"{s:<16}" + "".join(f"{c:>30}" for c in cells) + f"{peak['bytes'] / 2**30 if peak else float('nan'):>14.2f}")
+
+    metrics = cols + ["peak_rss"]
+    for key, title in (("vs_ours_baseline", "ratio to ours-baseline (median / median; > 1 = slower or more memory)"),
+                       ("ours_optimized_speedup", "ours-optimized speedup over each (median of system / median of ours-optimized)")):
+        table = report["ratios"].get(key)
+        if not table:
+            continue
+        lines += ["", title, f"{'system':<16}" + "".join(f"{METRIC_LABELS[m]:>14}" for m in metrics)]
+        for s, row in table.items():
+            lines.append(f"{s:<16}" + "".join(f"{(f'{row[m]:.3f}x' if row[m] is not None else '-'):>14}" for m in metrics))
+
+    ff = report.get("flop_floor")
+    if ff and "error" not in ff:
+        lines += ["", "UNet step FLOP floor (graph FLOPs / host roofline peak FLOP/s):"]
+        for s, f in ff.items():
+            if "error" in f:
+                lines.append(f"  {f['label']}: analysis failed ({f['error']})")
+                continue
+            med = _median(results.get(s), "unet_step")
+            eff = f" = {f['floor_s'] / med * 100:.1f}% of the measured {med * 1e3:.4g} ms step" if med else ""
+            lines.append(f"  {f['label']}: {f['flops'] / 1e9:.4g} GFLOP / {f['peak_flops'] / 1e9:.4g} GFLOP/s "
+                         f"= {f['floor_s'] * 1e3:.4g} ms{eff}")
+    elif ff:
+        lines += ["", f"UNet FLOP floor unavailable: {ff['error']}"]
+
+    notes = []
+    for s, r in ok.items():
+        info = (r.get("run") or {}).get("info") or {}
+        if info.get("note"):
+            notes.append(f"{s}: {info['note']}")
+    if report.get("image_check"):
+        for s, c in report["image_check"].items():
+            notes.append(f"{s}: final image vs ours-baseline (same weights and inputs): rel L2 {c['rel_l2_vs_ours_baseline']:.3g}, "
+                         f"max |diff| {c['max_abs_diff']:.3g}")
+    if st["model"] == "tiny" and "litert-example" in ok:
+        notes.append("tiny: the litert-example uses litert-torch's fake configs (other widths than our tiny config), "
+                     "so its ratios compare different networks")
+    notes.append("weights are seeded random (no checkpoint): images are noise, timings and memory are real")
+    lines += ["", "notes:"] + [f"  - {n}" for n in notes]
+    return "\n".join(lines)
+
+
+# ================================================================================================ child side
+
+
+def child_main(argv: list[str]) -> int:
+    """``--child PHASE SYSTEM SPEC``: do one phase of one system; one JSON line on the real stdout."""
+    phase, system, spec_path = argv[0], argv[1], Path(argv[2])
+    real_stdout = os.dup(1)
+    os.dup2(2, 1)  # every library's chatter (Python and native) goes to stderr, the result alone to stdout
+    sys.stdout = sys.stderr
+    t0 = time.perf_counter()
+    try:
+        spec = json.loads(spec_path.read_text())
+        fn = _CHILD[(phase, system.split("-")[0] if system.startswith("ours-") else system)]
+        result = {"ok": True, **fn(system, spec, spec_path.parent)}
+    except BaseException as e:  # noqa: BLE001 - reported, one line
+        result = {"ok": False, "error": _one_line(e)}
+    result.update({RESULT_KEY: True, "system": system, "phase": phase, "seconds": round(time.perf_counter() - t0, 3),
+                   "vmhwm_end_bytes": _vmhwm()})
+    os.write(real_stdout, (json.dumps(result, default=_json_default) + "\n").encode())
+    os.close(real_stdout)
+    return 0 if result["ok"] else 2
+
+
+def _one_line(e: BaseException) -> str:
+    from host.errors import HarnessError
+
+    text = " ".join(str(e).split())
+    return text if isinstance(e, HarnessError) and text else f"{type(e).__name__}: {text}".rstrip(": ")
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _vmhwm() -> int | None:
+    from host.runner.memory import read_proc_status
+
+    got = read_proc_status()
+    return got[1] if got else None
+
+
+def _reset_vmhwm() -> None:
+    """Release freed heap to the OS, then restart VmHWM from the current RSS (Linux clear_refs 5)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _maybe_fail(system: str) -> None:
+    if system in {s.strip() for s in os.environ.get(FAIL_ENV, "").split(",")}:
+        raise BenchError(f"{system}: forced failure ({FAIL_ENV})")
+
+
+# ------------------------------------------------------------------------------------------------ ours
+
+
+def _prepare_ours(system: str, spec: dict, sdir: Path) -> dict:
+    from host.build.builder import BuildOptions, build_variant
+    from host.build.weights import resolve
+    from models.config import get_variant
+
+    root = Path(spec["artifacts"])
+    variant = "baseline" if system == BASELINE else "optimized"
+    weights = resolve(spec["model"], None, spec["seed_weights"], spec["size"], str(root / "checkpoint-index.json"))
+    t0 = time.perf_counter()
+    manifest, build_dir, cached = build_variant(get_variant(variant), weights,
+                                                BuildOptions(root=root, threads=spec["threads"]), log=log)
+    return {"info": {"build_dir": str(build_dir), "variant": variant, "cached": cached, "build_key": manifest["build_key"],
+                     "build_seconds": round(time.perf_counter() - t0, 2),
+                     "size_bytes": {c: m["size_bytes"] for c, m in manifest["components"].items()}}}
+
+
+def _run_ours(system: str, spec: dict, sdir: Path) -> dict:
+    import numpy as np
+
+    from host.request import prepare_run
+    from host.runner import run
+    from host.traces.tables import load_run
+
+    _maybe_fail(system)
+    build_dir = Path(spec["prepared"]["info"]["build_dir"])
+    manifest = json.loads((build_dir / "manifest.json").read_text())
+    run_dir = sdir / "run"
+    prepare_run(run_dir, manifest, build_dir, prompt=spec["prompt"], negative_prompt=spec["negative_prompt"],
+                seed=spec["seed"], steps=spec["steps"], scheduler=spec["scheduler"], guidance=spec["guidance"],
+                size=spec["size"],
+                runtime={"accelerator": "cpu", "precision": "fp32", "threads": spec["threads"], "warmup": spec["warmup"],
+                         "repeats": spec["repeats"]},
+                profiling={"memory_interval_ms": 50, "per_op": False, "per_block": False, "block_models": []},
+                run_id=f"bench_{system}")
+    log(f"{system}: running {run_dir}")
+    run(run_dir)
+    r = load_run(run_dir)
+    spans = r.spans
+    samples = {"unet_step": [], "text_encoder": [], "vae_decoder": [], "generation": []}
+    warm = {k: [] for k in samples}
+    for is_warm, dest in ((False, samples), (True, warm)):
+        sub = spans[spans["warmup"] == is_warm]
+        for rep in sorted(sub["repeat"].dropna().unique()):
+            rs = sub[sub["repeat"] == rep]
+            steps = rs[rs["name"] == "unet_step"].sort_values("step")["dur_s"].tolist()
+            if len(steps) != spec["steps"]:
+                raise BenchError(f"{system}: repeat {rep} has {len(steps)} unet_step spans, expected {spec['steps']}")
+            dest["unet_step"].append(steps)
+            for name in ("text_encoder", "vae_decoder", "generation"):
+                v = rs[rs["name"] == name]["dur_s"].tolist()
+                if len(v) != 1:
+                    raise BenchError(f"{system}: repeat {rep} has {len(v)} {name} spans")
+                dest[name].append(v[0])
+    if len(samples["generation"]) != spec["repeats"]:
+        raise BenchError(f"{system}: {len(samples['generation'])} measured generations in the trace, expected {spec['repeats']}")
+    mem = r.memory
+    peaks = mem["peak_bytes"].dropna()
+    image = np.fromfile(run_dir / "image.f32", dtype="<f4").reshape(1, 3, spec["size"], spec["size"])
+    if not np.isfinite(image).all():
+        raise BenchError(f"{system}: non-finite values in the decoded image ({run_dir / 'image.f32'})")
+    np.save(sdir / "image.npy", image)
+    loads = spans[spans["name"] == "load"]
+    return {"samples": samples, "warmup_samples": warm,
+            "peak_rss_bytes": int(peaks.max()) if len(peaks) else _vmhwm(),
+            "max_sampled_rss_bytes": int(mem["rss_bytes"].dropna().max()) if len(mem) else None,
+            "info": {"run_dir": str(run_dir), "runtime": "ai-edge-litert Interpreter, XNNPACK, host.runner",
+                     "load_seconds": [[c, float(d)] for c, d in zip(loads["component"], loads["dur_s"])],
+                     "image_shape": list(image.shape)}}
+
+
+# ------------------------------------------------------------------------------------------------ the shared loop
+
+
+def _inputs(spec: dict, vocab: int, max_len: int, t_emb_dim: int, latent: int) -> dict:
+    """Tokens, noise, scheduler coefficients and time embeddings exactly as host.request prepares them."""
+    import numpy as np
+
+    from host.request import make_noise
+    from host.schedulers import make_table, timestep_embedding
+    from models.tokenizer import get_tokenizer
+
+    tok = get_tokenizer(None, vocab_size=vocab, max_length=max_len)
+    table = make_table(spec["scheduler"], spec["steps"])
+    return {
+        "ids": np.asarray([tok.encode(spec["negative_prompt"]), tok.encode(spec["prompt"])], dtype=np.int32),
+        "noise": make_noise(spec["seed"], (1, 4, latent, latent)),
+        "timestep": np.asarray(table.timestep, dtype=np.float32),
+        "t_emb": timestep_embedding(table.timestep, t_emb_dim),
+        "coeffs": {k: np.asarray(getattr(table, k), dtype=np.float32)
+                   for k in ("in_scale", "d_x", "d_eps", "x_x", "x_d", "x_dprev")},
+        "init_scale": np.float32(table.init_scale),
+        "guidance": np.float32(spec["guidance"]),
+    }
+
+
+def generate_loop(system: str, encode: Callable, unet: Callable, decode: Callable, inp: dict, steps: int,
+                  warmup: int, repeats: int) -> tuple[dict, dict, Any]:
+    """The protocol's loop around three callables; times each stage as the host runner's spans do.
+
+    ``encode() -> ctx``; ``unet(m, i, ctx) -> (e_uncond, e_cond)`` each [1, C, h, w]; ``decode(x) -> image``.
+    Rejects non-finite values (checked outside the timed regions).
+    """
+    import numpy as np
+
+    clock = time.perf_counter
+    c = inp["coeffs"]
+    samples = {"unet_step": [], "text_encoder": [], "vae_decoder": [], "generation": []}
+    warm = {k: [] for k in samples}
+    image = None
+    for n in range(warmup + repeats):
+        dest = warm if n < warmup else samples
+        where = f"{'warmup' if n < warmup else 'repeat'} {n if n < warmup else n - warmup}"
+        step_t: list[float] = []
+        t_gen = clock()
+        t0 = clock()
+        ctx = encode()
+        t_text = clock() - t0
+        x = inp["noise"] * inp["init_scale"]
+        d_prev = np.zeros_like(x)
+        for i in range(steps):
+            t0 = clock()
+            m = x * c["in_scale"][i]
+            e_u, e_c = unet(m, i, ctx)
+            eps = e_u + inp["guidance"] * (e_c - e_u)
+            d = x * c["d_x"][i] + eps * c["d_eps"][i]
+            x = x * c["x_x"][i] + d * c["x_d"][i] + d_prev * c["x_dprev"][i]
+            d_prev = d
+            step_t.append(clock() - t0)
+            if not (np.isfinite(e_u).all() and np.isfinite(e_c).all()):
+                raise BenchError(f"{system}: non-finite UNet output at step {i} ({where})")
+        t0 = clock()
+        image = decode(x)
+        t_dec = clock() - t0
+        t_total = clock() - t_gen
+        if not np.isfinite(image).all():
+            raise BenchError(f"{system}: non-finite decoder output ({where})")
+        dest["unet_step"].append(step_t)
+        dest["text_encoder"].append(t_text)
+        dest["vae_decoder"].append(t_dec)
+        dest["generation"].append(t_total)
+        log(f"{system}: {where}: generation {t_total:.3f} s, median step {sorted(step_t)[len(step_t) // 2]:.4f} s")
+    return samples, warm, image
+
+
+# ------------------------------------------------------------------------------------------------ litert-example
+
+
+def _latent(spec: dict) -> int:
+    from models.config import get_model_config
+
+    cfg = get_model_config(spec["model"]).with_image_size(spec["size"])
+    return cfg.latent_size
+
+
+def _prepare_litert_example(system: str, spec: dict, sdir: Path) -> dict:
+    from host.bench.refs import build_litert_example
+
+    folder, meta = build_litert_example(Path(spec["artifacts"]), spec["model"], _latent(spec), spec["seed_weights"], log=log)
+    return {"info": {"folder": str(folder), "cached": meta.get("cached", False), "meta": meta}}
+
+
+def _run_litert_example(system: str, spec: dict, sdir: Path) -> dict:
+    import numpy as np
+
+    from host.bench.refs import LITERT_EXAMPLE_FILES, example_configs
+    from host.runtime import LiteRtModel
+
+    _maybe_fail(system)
+    folder = Path(spec["prepared"]["info"]["folder"])
+    cfgs = example_configs(spec["model"])
+    latent = _latent(spec)
+    inp = _inputs(spec, cfgs.vocab_size, cfgs.seq_len, cfgs.t_emb_dim, latent)
+    models = {c: LiteRtModel(str(folder / f), threads=spec["threads"]) for c, f in LITERT_EXAMPLE_FILES.items()}
+    names = {c: sorted(m.inputs) for c, m in models.items()}  # args_0, args_1, ... in the traced order
+    outs = {c: next(iter(m.outputs)) for c, m in models.items()}
+    te, un, de = models["text_encoder"], models["unet"], models["vae_decoder"]
+    ids_uncond, ids_cond = inp["ids"][0:1], inp["ids"][1:2]
+    t_embs = [inp["t_emb"][i:i + 1] for i in range(spec["steps"])]  # [1, C0], as the example's pipeline feeds it
+
+    def encode():
+        cond = te.run(**{names["text_encoder"][0]: ids_cond})[outs["text_encoder"]]
+        uncond = te.run(**{names["text_encoder"][0]: ids_uncond})[outs["text_encoder"]]
+        return np.concatenate([cond, uncond], axis=0)  # the example's order: batch 0 cond, 1 uncond
+
+    def unet(m, i, ctx):
+        a = names["unet"]
+        e = un.run(**{a[0]: np.concatenate([m, m]), a[1]: ctx, a[2]: t_embs[i]})[outs["unet"]]
+        return e[1:2], e[0:1]
+
+    def decode(x):  # the example's decoder divides by the scaling factor itself
+        return de.run(**{names["vae_decoder"][0]: x})[outs["vae_decoder"]]
+
+    samples, warm, image = generate_loop(system, encode, unet, decode, inp, spec["steps"], spec["warmup"], spec["repeats"])
+    np.save(sdir / "image.npy", image)
+    meta = spec["prepared"]["info"]["meta"]
+    note = ("litert-torch's example models (seeded init, device_type cpu), same LiteRT/XNNPACK interpreter; text encoder "
+            "= two batch-1 calls (cond, uncond), UNet t_emb [1, C0]")
+    if meta["configs"].get("patches"):
+        note += "; config patched: " + "; ".join(meta["configs"]["patches"])
+    return {"samples": samples, "warmup_samples": warm, "peak_rss_bytes": _vmhwm(),
+            "info": {"folder": str(folder), "runtime": "ai-edge-litert Interpreter, XNNPACK (host.runtime.LiteRtModel)",
+                     "signatures": {c: {"inputs": m.inputs, "outputs": m.outputs} for c, m in models.items()},
+                     "image_shape": list(image.shape), "parameters": {c: v["parameters"] for c, v in meta["components"].items()},
+                     "note": note}}
+
+
+# ------------------------------------------------------------------------------------------------ torch-eager
+
+
+def _prepare_nothing(system: str, spec: dict, sdir: Path) -> dict:
+    return {"info": {"cached": False, "note": "modules are built in the run subprocess"}}
+
+
+def _run_torch_eager(system: str, spec: dict, sdir: Path) -> dict:
+    import numpy as np
+    import torch
+
+    from host.bench.refs import build_torch_eager, fp32_settings
+    from models.config import get_model_config
+
+    _maybe_fail(system)
+    torch.set_num_threads(spec["threads"])
+    fp32 = fp32_settings()
+    cfg = get_model_config(spec["model"]).with_image_size(spec["size"])
+    with torch.inference_mode():
+        mods, built = build_torch_eager(spec["model"], spec["size"], spec["seed_weights"], log=log)
+    vmhwm_build = _vmhwm()
+    _reset_vmhwm()  # the peak below excludes the random-weight construction temporaries (3 copies of each model)
+    inp = _inputs(spec, cfg.text_encoder.vocab_size, cfg.text_encoder.max_position_embeddings,
+                  cfg.unet.time_proj_dim, cfg.latent_size)
+    te, un, vae = mods["text_encoder"], mods["unet"], mods["vae_decoder"]
+    ids = torch.from_numpy(inp["ids"].astype(np.int64))
+    ts = [torch.full((2,), float(t)) for t in inp["timestep"]]
+    scale = float(cfg.vae.scaling_factor)
+
+    def encode():
+        return te(ids).last_hidden_state  # [2, L, D], batch 0 uncond, 1 cond (the protocol's order)
+
+    def unet(m, i, ctx):
+        mt = torch.from_numpy(m)
+        e = un(torch.cat([mt, mt]), ts[i], ctx).sample.numpy()
+        return e[0:1], e[1:2]
+
+    def decode(x):
+        return vae.decode(torch.from_numpy(x / np.float32(scale))).sample.numpy()
+
+    with torch.inference_mode(), torch.autocast("cpu", enabled=False):
+        if torch.is_autocast_enabled("cpu"):
+            raise BenchError("torch-eager: CPU autocast is enabled; refusing to time mixed precision")
+        samples, warm, image = generate_loop(system, encode, unet, decode, inp, spec["steps"], spec["warmup"], spec["repeats"])
+    if image.dtype != np.float32:
+        raise BenchError(f"torch-eager: output dtype {image.dtype}, expected float32")
+    np.save(sdir / "image.npy", image)
+    note = (f"fp32 eager, torch {torch.__version__}, {spec['threads']} threads, autocast off "
+            f"(cpu autocast enabled: {fp32['autocast_cpu_enabled']}), float32 matmul precision "
+            f"{fp32['float32_matmul_precision']}, CPU {fp32['cpu_capability']} with "
+            f"{' '.join(fp32['cpu_bf16_amx_flags']) or 'no bf16/AMX flags'}"
+            f"{'' if any(f.startswith('amx') for f in fp32['cpu_bf16_amx_flags']) else ' (no AMX exposed)'}; "
+            "peak RSS counted from after the modules were built")
+    return {"samples": samples, "warmup_samples": warm, "peak_rss_bytes": _vmhwm(),
+            "info": {"fp32": fp32, "vmhwm_after_build_bytes": vmhwm_build, **built,
+                     "image_shape": list(image.shape), "note": note}}
+
+
+_CHILD: dict[tuple[str, str], Callable[[str, dict, Path], dict]] = {
+    ("prepare", "ours"): _prepare_ours, ("run", "ours"): _run_ours,
+    ("prepare", "litert-example"): _prepare_litert_example, ("run", "litert-example"): _run_litert_example,
+    ("prepare", "torch-eager"): _prepare_nothing, ("run", "torch-eager"): _run_torch_eager,
+}
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())
