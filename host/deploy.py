@@ -76,15 +76,14 @@ def _validate(args) -> None:
 
 
 def resolve_device(name: str):
-    """The device profile and a runner for it. Phones are reached through their transports."""
-    from host.profiles import load_profile
+    """The :class:`host.devices.Device` to run on: ``host``, a profile name (the attached phone it matches), a
+    serial / UDID / adb ``host:port`` endpoint, or ``profile@serial`` (see host.devices.select). Called before
+    any build, so a missing or unauthorised phone fails fast with what is attached and how to attach one.
+    The device also answers for its profile (``device.profile``; ``device.device`` / ``device.runtime`` still
+    work for code written against DeviceProfile)."""
+    from host.devices import select_device
 
-    profile = load_profile(name)
-    if profile.device.platform != "host":
-        raise DeployError(
-            f"{name}: no {profile.device.platform} transport in this build of the harness; "
-            "run on the embedded default with --device host")
-    return profile
+    return select_device(name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,10 +142,14 @@ def _deploy(args) -> int:
     return 0
 
 
-def _run_variant(args, profile, session: Path, manifest: dict, build_dir: Path) -> Path:
+def _run_variant(args, device, session: Path, manifest: dict, build_dir: Path) -> Path:
+    """Prepare the run folder on the host, then run it on ``device``: for a phone push request, noise and the
+    models (unchanged ones are skipped), start the app, follow its trace, pull the results back; on the host
+    the Python runner executes the folder in place."""
+    from host.devices import DeviceError, RunFailed
     from host.request import prepare_run
-    from host.runner import run
 
+    profile = getattr(device, "profile", device)
     name = manifest["variant"]["name"]
     run_dir = session / name
     blocks = [{"name": b["name"], "file": str(build_dir / b["file"])} for b in manifest.get("profile_blocks", [])]
@@ -160,17 +163,52 @@ def _run_variant(args, profile, session: Path, manifest: dict, build_dir: Path) 
         run_id=f"{session.name.split('_')[0]}_{name}",
     )
     shutil.copy2(build_dir / "manifest.json", run_dir / "models" / "manifest.json")
-    t0 = time.perf_counter()
+    phone = getattr(device, "platform", "host") != "host"
+    timeout = getattr(args, "timeout", None) or float(os.environ.get("SDPHONE_RUN_TIMEOUT", 3600))
     generations = args.warmup + args.repeats
-    with tqdm(total=generations * args.steps, desc=f"{name} steps", unit="step", file=sys.stdout,
-              dynamic_ncols=True, leave=True) as bar:
-        def progress(record) -> None:
-            if getattr(record, "name", None) == "unet_step":
-                bar.update(1)
-            elif getattr(record, "cat", None) == "block" and record.name == "conv_in":
-                bar.set_postfix_str(f"per-block pass, step {record.step}")
+    remote = None
+    status: dict = {}
+    failing = False
+    t0 = time.perf_counter()
+    try:
+        remote = device.prepare(run_dir)
+        if phone:
+            with tqdm(desc=f"{name} push", unit="B", unit_scale=True, unit_divisor=1024, file=sys.stdout,
+                      dynamic_ncols=True, leave=False) as pbar:
+                stats = device.push_models(run_dir, progress=lambda _rel, n: pbar.update(n))
+            print(f"  push {name} to {device.describe()}: {stats}")
+        t0 = time.perf_counter()
+        with tqdm(total=generations * args.steps, desc=f"{name} steps", unit="step", file=sys.stdout,
+                  dynamic_ncols=True, leave=True) as bar:
+            def progress(record) -> None:
+                if getattr(record, "name", None) == "unet_step":
+                    bar.update(1)
+                elif getattr(record, "cat", None) == "block" and record.name == "conv_in":
+                    bar.set_postfix_str(f"per-block pass, step {record.step}")
 
-        run(run_dir, on_record=progress)
+            device.start(run_dir)
+            status = device.wait(timeout, on_record=progress)
+    except BaseException:
+        failing = True
+        raise
+    finally:
+        if phone:  # whatever the phone wrote comes back, also after a crash or a timeout
+            pulled: list[str] = []
+            try:
+                pulled = device.pull(run_dir) if remote else []
+            except (DeviceError, OSError) as e:
+                if not failing:
+                    raise
+                print(f"  pull {name}: {e}", file=sys.stderr)
+            try:
+                device.write_run_info(run_dir, remote=remote, pulled=pulled, status=status.get("state"))
+            except OSError:
+                if not failing:
+                    raise
+        device.cleanup()
+    if phone and status.get("state") == "error":
+        raise RunFailed(f"run {name} failed on the device: {status.get('message') or 'no message'} "
+                        f"(results in {run_dir})", device=device.describe())
     print(f"  run {name}: done in {time.perf_counter() - t0:.1f} s")
     return run_dir
 

@@ -330,13 +330,14 @@ def image_check(out: Path, results: dict[str, dict]) -> dict:
 
 
 def _unit(values: list[float]) -> tuple[str, float]:
-    top = max(values) if values else 1.0
-    return ("ms", 1e3) if top < 1.0 else ("s", 1.0)
+    """Milliseconds unless the typical (median) system takes 10 s or more."""
+    mid = statistics.median(values) if values else 0.0
+    return ("s", 1.0) if mid >= 10.0 else ("ms", 1e3)
 
 
 def _fmt(v: float, scale: float) -> str:
     x = v * scale
-    return f"{x:.4g}" if abs(x) < 1000 else f"{x:.0f}"
+    return f"{x:.0f}" if abs(x) >= 1000 else f"{x:.4g}"
 
 
 def render(report: dict) -> str:
@@ -351,18 +352,22 @@ def render(report: dict) -> str:
     ]
     cols = list(METRICS)
     units = {m: _unit([r["stats"][m]["median"] for r in ok.values()]) for m in cols}
-    head = f"{'system':<16}" + "".join(f"{METRIC_LABELS[m] + ' (' + units[m][0] + ')':>30}" for m in cols) + f"{'peak RSS GiB':>14}"
-    lines += [head, "-" * len(head)]
+    header = ["system"] + [f"{METRIC_LABELS[m]} ({units[m][0]})" for m in cols] + ["peak RSS (GiB)"]
+    rows, failed = [], []
     for s, r in results.items():
         if r["status"] != "ok":
-            lines.append(f"{s:<16}FAILED: {r['error']}")
+            failed.append(f"{s:<16}FAILED: {r['error']}")
             continue
-        cells = []
+        cells = [s]
         for m in cols:
             x, sc = r["stats"][m], units[m][1]
             cells.append(f"{_fmt(x['median'], sc)} [{_fmt(x['min'], sc)} - {_fmt(x['max'], sc)}]")
         peak = r["stats"].get("peak_rss")
-        lines.append(f"{s:<16}" + "".join(f"{c:>30}" for c in cells) + f"{peak['bytes'] / 2**30 if peak else float('nan'):>14.2f}")
+        cells.append(f"{peak['bytes'] / 2**30:.2f}" if peak else "-")
+        rows.append(cells)
+    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    lines += [line(header), "-" * len(line(header))] + [line(r) for r in rows] + failed
 
     metrics = cols + ["peak_rss"]
     for key, title in (("vs_ours_baseline", "ratio to ours-baseline (median / median; > 1 = slower or more memory)"),
@@ -535,6 +540,7 @@ def _run_ours(system: str, spec: dict, sdir: Path) -> dict:
             "peak_rss_bytes": int(peaks.max()) if len(peaks) else _vmhwm(),
             "max_sampled_rss_bytes": int(mem["rss_bytes"].dropna().max()) if len(mem) else None,
             "info": {"run_dir": str(run_dir), "runtime": "ai-edge-litert Interpreter, XNNPACK, host.runner",
+                     "torch_imported": "torch" in sys.modules,
                      "load_seconds": [[c, float(d)] for c, d in zip(loads["component"], loads["dur_s"])],
                      "image_shape": list(image.shape)}}
 
@@ -633,14 +639,14 @@ def _prepare_litert_example(system: str, spec: dict, sdir: Path) -> dict:
 def _run_litert_example(system: str, spec: dict, sdir: Path) -> dict:
     import numpy as np
 
-    from host.bench.refs import LITERT_EXAMPLE_FILES, example_configs
+    from host.bench.refs import LITERT_EXAMPLE_FILES
     from host.runtime import LiteRtModel
 
     _maybe_fail(system)
     folder = Path(spec["prepared"]["info"]["folder"])
-    cfgs = example_configs(spec["model"])
-    latent = _latent(spec)
-    inp = _inputs(spec, cfgs.vocab_size, cfgs.seq_len, cfgs.t_emb_dim, latent)
+    meta = spec["prepared"]["info"]["meta"]
+    dims = meta["dims"]  # from the conversion: this process imports neither torch nor litert-torch
+    inp = _inputs(spec, dims["vocab_size"], dims["seq_len"], dims["t_emb_dim"], meta["latent"])
     models = {c: LiteRtModel(str(folder / f), threads=spec["threads"]) for c, f in LITERT_EXAMPLE_FILES.items()}
     names = {c: sorted(m.inputs) for c, m in models.items()}  # args_0, args_1, ... in the traced order
     outs = {c: next(iter(m.outputs)) for c, m in models.items()}
@@ -663,13 +669,15 @@ def _run_litert_example(system: str, spec: dict, sdir: Path) -> dict:
 
     samples, warm, image = generate_loop(system, encode, unet, decode, inp, spec["steps"], spec["warmup"], spec["repeats"])
     np.save(sdir / "image.npy", image)
-    meta = spec["prepared"]["info"]["meta"]
     note = ("litert-torch's example models (seeded init, device_type cpu), same LiteRT/XNNPACK interpreter; text encoder "
             "= two batch-1 calls (cond, uncond), UNet t_emb [1, C0]")
     if meta["configs"].get("patches"):
         note += "; config patched: " + "; ".join(meta["configs"]["patches"])
+    if tuple(image.shape[-2:]) != (spec["size"], spec["size"]):
+        note += f"; its decoder outputs {image.shape[-2]}x{image.shape[-1]}, not {spec['size']}x{spec['size']}"
     return {"samples": samples, "warmup_samples": warm, "peak_rss_bytes": _vmhwm(),
             "info": {"folder": str(folder), "runtime": "ai-edge-litert Interpreter, XNNPACK (host.runtime.LiteRtModel)",
+                     "torch_imported": "torch" in sys.modules,
                      "signatures": {c: {"inputs": m.inputs, "outputs": m.outputs} for c, m in models.items()},
                      "image_shape": list(image.shape), "parameters": {c: v["parameters"] for c, v in meta["components"].items()},
                      "note": note}}
@@ -683,13 +691,13 @@ def _prepare_nothing(system: str, spec: dict, sdir: Path) -> dict:
 
 
 def _run_torch_eager(system: str, spec: dict, sdir: Path) -> dict:
+    _maybe_fail(system)
     import numpy as np
     import torch
 
     from host.bench.refs import build_torch_eager, fp32_settings
     from models.config import get_model_config
 
-    _maybe_fail(system)
     torch.set_num_threads(spec["threads"])
     fp32 = fp32_settings()
     cfg = get_model_config(spec["model"]).with_image_size(spec["size"])

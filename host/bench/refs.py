@@ -22,6 +22,7 @@ import gc
 import hashlib
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -30,7 +31,7 @@ from host.errors import HarnessError
 
 LITERT_EXAMPLE_DIR = "litert-example"
 # Bump when the initialisation, the config patches or the conversion below change what gets written.
-LITERT_EXAMPLE_RECIPE = 1
+LITERT_EXAMPLE_RECIPE = 2
 LITERT_EXAMPLE_FILES = {"text_encoder": "clip.tflite", "unet": "diffusion.tflite", "vae_decoder": "decoder.tflite"}
 LITERT_EXAMPLE_SIGNATURES = {"text_encoder": "encode", "unet": "diffusion", "vae_decoder": "decode"}
 DEVICE_TYPE = "cpu"  # the example's CPU configs (no StableHLO composites); its converter's flag defaults to "gpu"
@@ -70,7 +71,9 @@ def _jsonable(obj: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (int, float, str, bool)) or obj is None:
         return obj
-    return repr(obj)  # enums, callables
+    if callable(obj) and hasattr(obj, "__qualname__"):  # e.g. the CLIP config's build_rope: by name, not address
+        return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(obj))  # enums; never a per-process address in a cache key
 
 
 def rel_err(a, b) -> float:
@@ -171,16 +174,24 @@ def init_explicitly(module, seed: int) -> dict[str, int]:
     return counts
 
 
-def example_inputs(cfgs: ExampleConfigs, latent: int) -> dict[str, tuple]:
-    """Tracing inputs for each component, as the example's converter makes them (zeros, batch 1 tokens)."""
+def example_inputs(cfgs: ExampleConfigs, latent: int, check_seed: int = 1234) -> dict[str, dict]:
+    """Per component: ``trace`` inputs as the example's converter makes them (zeros, batch-1 tokens, the
+    time embedding of t=0) and ``check`` inputs (seeded random, t=500) for the .tflite-vs-PyTorch check.
+    The UNet's context is filled in from the text encoder's output."""
     import torch
 
-    tokens = torch.zeros((1, cfgs.seq_len), dtype=torch.int32)
-    lat1 = torch.zeros((1, 4, latent, latent), dtype=torch.float32)
     from models.timestep import timestep_embedding
 
-    t_emb = torch.from_numpy(timestep_embedding([0.0], cfgs.t_emb_dim))
-    return {"tokens": (tokens,), "latents1": (lat1,), "t_emb": t_emb}
+    g = torch.Generator().manual_seed(check_seed)
+    lat = (1, 4, latent, latent)
+    return {
+        "text_encoder": {"trace": (torch.zeros((1, cfgs.seq_len), dtype=torch.int32),),
+                         "check": (torch.randint(0, cfgs.vocab_size, (1, cfgs.seq_len), generator=g).to(torch.int32),)},
+        "unet": {"trace": [torch.zeros((2, *lat[1:])), None, torch.from_numpy(timestep_embedding([0.0], cfgs.t_emb_dim))],
+                 "check": [torch.randn((2, *lat[1:]), generator=g), None,
+                           torch.from_numpy(timestep_embedding([500.0], cfgs.t_emb_dim))]},
+        "vae_decoder": {"trace": (torch.zeros(lat),), "check": (torch.randn(lat, generator=g) * 0.8,)},
+    }
 
 
 def litert_example_key(cfgs: ExampleConfigs, latent: int, seed: int) -> str:
@@ -195,7 +206,7 @@ def build_litert_example(root: Path, model: str, latent: int, seed: int = 0, log
     Returns (folder, meta). Each component is built, initialised, checked finite in PyTorch, converted,
     and its .tflite checked against the PyTorch output once; one component at a time.
     """
-    from host.build.cache import Store, write_json
+    from host.build.cache import Store
 
     cfgs = example_configs(model)
     key = litert_example_key(cfgs, latent, seed)
@@ -218,29 +229,31 @@ def build_litert_example(root: Path, model: str, latent: int, seed: int = 0, log
     comps: dict[str, dict] = {}
     t_all = time.perf_counter()
 
-    def one(component: str, factory, args_fn) -> Any:
+    def one(component: str, factory) -> Any:
         t0 = time.perf_counter()
         log(f"litert-example {component}: building and initialising")
         m = factory().eval()
         counts = init_explicitly(m, seed + {"text_encoder": 0, "unet": 1, "vae_decoder": 2}[component])
         n_params = sum(p.numel() for p in m.parameters())
-        args = args_fn()
+        trace, check = tuple(ins[component]["trace"]), tuple(ins[component]["check"])
         with torch.inference_mode():
-            y = m(*args)
-        y_np = y.detach().numpy()
+            y = m(*check).detach().clone()
+        y_np = y.numpy()
         if not np.isfinite(y_np).all():
             raise BenchError(f"litert-example {component}: non-finite PyTorch output after initialisation")
         path = tmp / LITERT_EXAMPLE_FILES[component]
         log(f"litert-example {component}: converting ({n_params / 1e6:.2f} M parameters)")
         try:
             with torch.inference_mode():
-                litert_torch.signature(LITERT_EXAMPLE_SIGNATURES[component], m, args).convert().export(str(path))
+                litert_torch.signature(LITERT_EXAMPLE_SIGNATURES[component], m, trace).convert().export(str(path))
         except Exception as e:  # noqa: BLE001 - the converter raises many types
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise BenchError(f"litert-example {component}: conversion failed ({type(e).__name__}: {first})") from e
+        del m  # free the PyTorch weights before LiteRT loads (and XNNPACK packs) its own copy
+        gc.collect()
         lite = LiteRtModel(str(path), threads=2)
-        names = sorted(lite.inputs)
-        y_lite = next(iter(lite.run(**{n: a.numpy() for n, a in zip(names, args)}).values()))
+        names = sorted(lite.inputs)  # args_0, args_1, ...: the traced positional order
+        y_lite = next(iter(lite.run(**{n: a.numpy() for n, a in zip(names, check)}).values()))
         if not np.isfinite(y_lite).all():
             raise BenchError(f"litert-example {component}: non-finite .tflite output")
         comps[component] = {
@@ -250,18 +263,20 @@ def build_litert_example(root: Path, model: str, latent: int, seed: int = 0, log
             "parameters": int(n_params), "init_counts": counts, "size_bytes": path.stat().st_size,
             "tflite_vs_torch_rel_err": rel_err(y_lite, y_np), "build_seconds": round(time.perf_counter() - t0, 2),
         }
+        log(f"litert-example {component}: .tflite vs PyTorch rel err {comps[component]['tflite_vs_torch_rel_err']:.3g}")
         del lite
+        gc.collect()
         return y
 
-    ctx1 = one("text_encoder", lambda: clip.CLIP(cfgs.clip), lambda: ins["tokens"])
-    context = torch.cat([ctx1, ctx1]).clone()  # what the pipeline feeds: [cond, uncond]
-    gc.collect()
-    lat2 = torch.cat([ins["latents1"][0]] * 2)
-    one("unet", lambda: diffusion.Diffusion(cfgs.diffusion), lambda: (lat2, context, ins["t_emb"]))
-    gc.collect()
-    one("vae_decoder", lambda: decoder.Decoder(cfgs.decoder), lambda: ins["latents1"])
-    gc.collect()
+    ctx1 = one("text_encoder", lambda: clip.CLIP(cfgs.clip))
+    ctx = torch.cat([ctx1, ctx1])  # what the pipeline feeds: [cond, uncond], [2, L, D]
+    ins["unet"]["trace"][1] = torch.zeros_like(ctx)
+    ins["unet"]["check"][1] = ctx
+    one("unet", lambda: diffusion.Diffusion(cfgs.diffusion))
+    one("vae_decoder", lambda: decoder.Decoder(cfgs.decoder))
     meta = {"model": model, "latent": latent, "key": key, "seed": seed, "configs": cfgs.to_dict(),
+            "dims": {"seq_len": cfgs.seq_len, "vocab_size": cfgs.vocab_size, "t_emb_dim": cfgs.t_emb_dim,
+                     "scaling_factor": cfgs.scaling_factor},
             "components": comps, "tools": _tool_versions(), "recipe": LITERT_EXAMPLE_RECIPE,
             "build_seconds": round(time.perf_counter() - t_all, 2)}
     Store.commit(tmp, final, "meta.json", meta)

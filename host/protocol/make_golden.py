@@ -47,27 +47,25 @@ def _model(component: str, inputs: list[TensorSpec], outputs: list[TensorSpec]) 
 
 
 def _blocks() -> tuple[BlockModelSpec, ...]:
-    """An illustrative SD 1.x UNet split (skip tensors named skip_0..skip_11, time embedding temb)."""
+    """The real SD 1.x UNet split of the profile build (host/build/blocks.py), shapes traced on torch's
+    meta device (no weights, no compute): block names and tensor names are exactly what runners get."""
+    import torch
+
+    from models.config import sd14
+    from models.unet import UNet
+
     b, h = 2, LATENT
-    temb, ctx = _t("temb", [b, 1280]), _t("context", [b, 77, 768])
-    skips = [(320, h)] * 3 + [(320, h // 2), (640, h // 2), (640, h // 2), (640, h // 4), (1280, h // 4),
-                              (1280, h // 4), (1280, h // 8), (1280, h // 8), (1280, h // 8)]
-    skip = [_t(f"skip_{i}", [b, c, s, s]) for i, (c, s) in enumerate(skips)]
-    chain = [
-        ("conv_in", [_t("sample", [b, 4, h, h]), _t("t_emb", [b, 320])], [temb, skip[0]]),
-        ("down_blocks.0", [skip[0], temb, ctx], skip[1:4]),
-        ("down_blocks.1", [skip[3], temb, ctx], skip[4:7]),
-        ("down_blocks.2", [skip[6], temb, ctx], skip[7:10]),
-        ("down_blocks.3", [skip[9], temb], skip[10:12]),
-        ("mid_block", [skip[11], temb, ctx], [_t("mid", [b, 1280, h // 8, h // 8])]),
-        ("up_blocks.0", [_t("mid", [b, 1280, h // 8, h // 8]), *skip[9:12], temb], [_t("up_0", [b, 1280, h // 4, h // 4])]),
-        ("up_blocks.1", [_t("up_0", [b, 1280, h // 4, h // 4]), *skip[6:9], temb, ctx], [_t("up_1", [b, 1280, h // 2, h // 2])]),
-        ("up_blocks.2", [_t("up_1", [b, 1280, h // 2, h // 2]), *skip[3:6], temb, ctx], [_t("up_2", [b, 640, h, h])]),
-        ("up_blocks.3", [_t("up_2", [b, 640, h, h]), *skip[0:3], temb, ctx], [_t("up_3", [b, 320, h, h])]),
-        ("conv_out", [_t("up_3", [b, 320, h, h])], [_t("noise_pred", [b, 4, h, h])]),
-    ]
-    return tuple(BlockModelSpec(name=n, file=f"blocks/{n}.tflite", signature=n, inputs=tuple(i), outputs=tuple(o),
-                                sha256=_placeholder_sha(f"blocks/{n}.tflite")) for n, i, o in chain)
+    with torch.device("meta"):
+        unet = UNet(sd14().unet)
+        state = {"sample": torch.empty(b, 4, h, h), "t_emb": torch.empty(b, 320), "context": torch.empty(b, 77, 768)}
+        chain = []
+        for stage in unet.stages():
+            ins = [_t(k, list(state[k].shape)) for k in stage.inputs]
+            stage(state)
+            chain.append((stage.name, ins, [_t(k, list(state[k].shape)) for k in stage.outputs]))
+    return tuple(BlockModelSpec(name=n, file=f"blocks/{n}.tflite", signature=f"unet_{n.replace('.', '_')}",
+                                inputs=tuple(i), outputs=tuple(o), sha256=_placeholder_sha(f"blocks/{n}.tflite"))
+                 for n, i, o in chain)
 
 
 def golden_request() -> RunRequest:
@@ -93,7 +91,8 @@ def golden_request() -> RunRequest:
         vae_scaling_factor=0.18215,
         image=ImageSpec(height=SIZE, width=SIZE),
         runtime=RuntimeSpec(accelerator="cpu", precision="fp32", threads=4, warmup=1, repeats=1),
-        profiling=ProfilingSpec(memory_interval_ms=50, per_op=True, per_block=True, block_models=_blocks()),
+        profiling=ProfilingSpec(memory_interval_ms=50, per_op=True, per_block=True, block_models=_blocks(),
+                                block_steps=2),
     )
 
 

@@ -1,0 +1,115 @@
+"""``python -m host.bench pipeline`` end to end on the tiny config: every system in its own subprocess.
+
+The tiny builds come from the session's artifact store (shared with the other tests); the litert-torch
+example's converted files are cached there too, so only the first session pays for its conversion.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from host.bench import pipeline
+
+TINY = ["--model", "tiny", "--size", "64", "--steps", "2", "--repeats", "1", "--threads", "2"]
+
+
+def _finite_positive(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+@pytest.fixture(scope="module")
+def full_run(artifact_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench-pipeline")
+    json_path = out / "copy" / "results.json"
+    rc = pipeline.main(TINY + ["--artifacts", str(artifact_root), "--out", str(out / "run"), "--json", str(json_path)])
+    return rc, out / "run", json.loads(json_path.read_text())
+
+
+def test_every_system_produces_finite_raw_samples(full_run, capsys):
+    rc, out, report = full_run
+    assert rc == 0, {s: r["error"] for s, r in report["systems"].items()}
+    assert report["schema"] == "sdphone.bench.pipeline"
+    assert report["settings"]["systems"] == list(pipeline.SYSTEMS)
+    assert (out / "pipeline.json").is_file() and (out / "summary.txt").is_file()
+    for system in pipeline.SYSTEMS:
+        rec = report["systems"][system]
+        assert rec["status"] == "ok" and rec["error"] is None, rec
+        run = rec["run"]
+        s = run["samples"]
+        # raw samples: one list of per-step times per measured repeat, one value per repeat for the rest
+        assert len(s["unet_step"]) == 1 and len(s["unet_step"][0]) == 2
+        assert all(_finite_positive(v) for v in s["unet_step"][0])
+        for m in ("text_encoder", "vae_decoder", "generation"):
+            assert len(s[m]) == 1 and _finite_positive(s[m][0]), (system, m, s[m])
+        assert len(run["warmup_samples"]["generation"]) == 1  # the warmup generation is recorded apart
+        assert s["generation"][0] >= sum(s["unet_step"][0])
+        assert _finite_positive(run["peak_rss_bytes"])
+        st = rec["stats"]
+        for m in pipeline.METRICS:
+            assert st[m]["min"] <= st[m]["median"] <= st[m]["max"]
+        assert (out / system / "run.log").is_file()
+
+
+def test_ratios_and_cross_checks(full_run):
+    _, out, report = full_run
+    vs_base = report["ratios"]["vs_ours_baseline"]
+    assert set(vs_base) == set(pipeline.SYSTEMS)
+    assert all(v == pytest.approx(1.0) for v in vs_base["ours-baseline"].values())
+    for system, row in vs_base.items():
+        assert set(row) == set(pipeline.METRICS) | {"peak_rss"}
+        assert all(_finite_positive(v) for v in row.values()), (system, row)
+    speed = report["ratios"]["ours_optimized_speedup"]
+    assert set(speed) == set(pipeline.SYSTEMS) - {"ours-optimized"}
+    gen = {s: report["systems"][s]["stats"]["generation"]["median"] for s in pipeline.SYSTEMS}
+    assert speed["torch-eager"]["generation"] == pytest.approx(gen["torch-eager"] / gen["ours-optimized"])
+
+    # Same weights and inputs: torch-eager (diffusers) and ours-optimized reproduce ours-baseline's image.
+    checks = report["image_check"]
+    assert checks["torch-eager"]["rel_l2_vs_ours_baseline"] < 1e-3
+    assert checks["ours-optimized"]["rel_l2_vs_ours_baseline"] < 1e-3
+
+    torch_info = report["systems"]["torch-eager"]["run"]["info"]["fp32"]
+    assert torch_info["autocast_cpu_enabled"] is False and torch_info["float32_matmul_precision"] == "highest"
+    lit = report["systems"]["litert-example"]
+    assert lit["run"]["info"]["torch_imported"] is False  # its peak RSS is LiteRT's, not the converter's
+    meta = lit["prepare"]["info"]["meta"]
+    assert all(c["tflite_vs_torch_rel_err"] < 1e-3 for c in meta["components"].values())
+    assert meta["components"]["unet"]["inputs"]["args_2"][0] == [1, meta["dims"]["t_emb_dim"]]
+
+    floor = report["flop_floor"]
+    assert floor and floor["ours-baseline"]["flops"] > 0 and floor["ours-baseline"]["floor_s"] > 0
+
+    text = (out / "summary.txt").read_text()
+    for system in pipeline.SYSTEMS:
+        assert system in text
+    assert "ratio to ours-baseline" in text and "speedup" in text and "FLOP floor" in text
+
+
+def test_a_failing_system_is_reported_and_the_others_still_run(full_run, artifact_root, tmp_path, monkeypatch, capsys):
+    _, _, first = full_run
+    monkeypatch.setenv(pipeline.FAIL_ENV, "torch-eager")
+    rc = pipeline.main(TINY + ["--systems", "torch-eager,litert-example", "--artifacts", str(artifact_root),
+                               "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert rc == 1
+    report = json.loads((tmp_path / "pipeline.json").read_text())
+    failed = report["systems"]["torch-eager"]
+    assert failed["status"] == "failed" and "forced failure" in failed["error"] and "\n" not in failed["error"]
+    assert failed["run"]["ok"] is False and failed["prepare"]["ok"] is True
+    assert "torch-eager     FAILED: run: torch-eager: forced failure" in printed
+    # the next system still ran, and found the example's conversion in the artifact store
+    lit = report["systems"]["litert-example"]
+    assert lit["status"] == "ok" and lit["prepare"]["info"]["cached"] is True
+    folder = lit["prepare"]["info"]["folder"]
+    assert folder == first["systems"]["litert-example"]["prepare"]["info"]["folder"]
+    assert folder.startswith(str(artifact_root / "litert-example" / "tiny" / ""))
+    assert report["ratios"] == {}  # neither ours-baseline nor ours-optimized ran
+
+
+def test_bad_arguments_are_rejected_before_anything_runs(tmp_path, capsys):
+    assert pipeline.main(["--systems", "ours-baseline,nonsense", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown system 'nonsense'" in capsys.readouterr().err
+    assert pipeline.main(["--size", "100", "--out", str(tmp_path / "y")]) == 2
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
