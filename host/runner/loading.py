@@ -55,7 +55,7 @@ def load_model(path: Path, spec: ModelSpec | BlockModelSpec, component: str, thr
     model: LiteRtModel | None = None
     for phase in phases:
         model = None  # release the previous instance before loading the next
-        with tracer.span("load", "load", component=component, args={"phase": phase, "file": path.name}):
+        with tracer.span("load", "load", component=component, args={"phase": phase, "file": spec.file}):
             model = LiteRtModel(str(path), threads=threads)
     assert model is not None
     check_signature(model, spec, path)

@@ -542,7 +542,7 @@ def jvm_harness(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     if kotlinc is None or shutil.which("java") is None:
         pytest.skip("kotlinc / java not found (set KOTLINC or put kotlinc on PATH)")
     out = tmp_path_factory.mktemp("kotlin") / "harness.jar"
-    tests = sorted((APP / "app" / "src" / "test" / "java").rglob("*.kt"))
+    tests = sorted((APP / "app" / "src" / "test" / "java" / "com" / "sdphone" / "runner" / "jvm").glob("*.kt"))
     srcs = [str(MAIN / s) for s in JVM_SOURCES] + [str(p) for p in tests]
     subprocess.run([kotlinc, *srcs, "-d", str(out)], check=True, capture_output=True, text=True)
     stdlib = Path(os.path.realpath(kotlinc)).parent.parent / "lib" / "kotlin-stdlib.jar"
