@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-steps", type=int, default=2, help="steps at which the block chain is timed (0: all)")
     p.add_argument("--per-op", action="store_true", help="also profile every op once per component (LiteRT profiler)")
     p.add_argument("--memory-interval-ms", type=int, default=50)
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds a phone run may take before it is stopped (default $SDPHONE_RUN_TIMEOUT or 3600)")
     p.add_argument("--out", type=Path, default=REPO / "runs", help="runs folder (default ./runs)")
     return p
 

@@ -7,6 +7,9 @@ command -v "$PY" >/dev/null || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade "pip>=26"
 .venv/bin/python -m pip install -q -e ".[test]"
+# iOS transport, second step (see pyproject.toml): then put back the typing_extensions ai-edge-litert needs.
+.venv/bin/python -m pip install -q "pymobiledevice3==11.45.0"
+.venv/bin/python -m pip install -q "typing_extensions==4.12.2"
 # Headless Chromium (Debian's package) for the HTML report's browser test; skipped when already there,
 # or when not root / no apt-get (the test then skips itself). A failed install does not fail setup.
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

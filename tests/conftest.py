@@ -12,6 +12,12 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("SDPHONE_ADB_AUTOSTART", "0")  # tests never start a real adb server
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", action="store", default=None,
+                     help="phone for -m device tests: profile name, serial or UDID (default $SDPHONE_DEVICE)")
 
 
 @pytest.fixture(scope="session")

@@ -261,6 +261,7 @@ def apk_version_code(apk: str | os.PathLike) -> int | None:
     return None
 
 
+_THREADTIME_RE = re.compile(r"^\S+ \S+\s+\d+\s+\d+ [VDIWEFS] (.*?)\s*: ")  # -> the tag
 _LMK_RE = re.compile(r"lowmemorykiller|lmkd|am_kill|am_low_memory", re.I)
 _NATIVE_CRASH_RE = re.compile(r"Fatal signal \d+|\*\*\* \*\*\* \*\*\*")
 
@@ -304,7 +305,10 @@ class _LogFollower:
         buf = b""
         try:
             while True:
-                chunk = self._conn.conn.recv(65536)
+                try:
+                    chunk = self._conn.conn.recv(65536)
+                except TimeoutError:  # a quiet app: keep following
+                    continue
                 if not chunk:
                     break
                 buf += chunk
@@ -396,6 +400,10 @@ class AndroidDevice(Device):
 
     def _fail(self, e: BaseException, command: str | None) -> DeviceError:
         """Map an adb failure to Disconnected / Unauthorized when the device is gone, else DeviceError."""
+        if not server_up(self.client):
+            return Disconnected(f"the adb server at {self.client.host}:{self.client.port} went away; start it "
+                                "(`adb start-server`), reconnect the phone and run again", device=self.label,
+                                command=command, log_lines=self._log_lines())
         try:
             states = {i.serial: i.state for i in self.client.list()}
         except Exception as le:  # noqa: BLE001
@@ -461,6 +469,8 @@ class AndroidDevice(Device):
         self._sync("push", path, data)
 
     def check_state(self) -> None:
+        if not server_up(self.client):
+            raise Disconnected(f"no adb server at {self.client.host}:{self.client.port}", device=self.label)
         try:
             states = {i.serial: i.state for i in self.client.list()}
         except Exception as e:  # noqa: BLE001
@@ -610,7 +620,8 @@ class AndroidDevice(Device):
                     raise StorageFull(f"{m.rel}: push failed with {free / (1 << 30):.2f} GiB free for "
                                       f"{left / (1 << 30):.2f} GiB still to push; free space on the phone",
                                       device=self.label, command=e.command) from None
-                raise
+                raise DeviceError(f"pushing {m.rel} failed ({e.message}); check that {store} is writable",
+                                  device=self.label, command=e.command) from None
             finally:
                 f.close()
             got = self._size(remote)
@@ -660,8 +671,14 @@ class AndroidDevice(Device):
             except (AdbError, OSError) as e:
                 raise self._fail(e, "logcat") from None
 
+    _CRASH_TAGS = ("AndroidRuntime", "libc", "DEBUG", "lowmemorykiller", "lmkd", "ActivityManager")
+
     def _log_lines(self) -> list[str]:
-        return list(self._log.lines) if self._log else []
+        """The followed log of the app's process: its own tag's lines and crash lines when there are any."""
+        lines = list(self._log.lines) if self._log else []
+        tags = {self.contract.logcat_tag, *self._CRASH_TAGS}
+        mine = [ln for ln in lines if (m := _THREADTIME_RE.match(ln)) and m.group(1) in tags]
+        return mine or lines
 
     def _tail_trace(self, follower: TraceFollower) -> None:
         path = posixpath.join(self._remote_run, TRACE_FILE)
@@ -729,7 +746,8 @@ class AndroidDevice(Device):
                                     device=self.label, log_lines=self._log_lines()[-20:])
             alive = self._pidof() is not None
             if not alive:
-                if self._log and self._log.fatal or gone_since is not None and now - gone_since > 3 * self.poll_interval:
+                fatal = self._log is not None and self._log.fatal
+                if fatal or (gone_since is not None and now - gone_since > 3 * self.poll_interval):
                     if (status := self._status()) and status.get("state") in ("ok", "error"):
                         self._tail_trace(follower)
                         return status
@@ -759,17 +777,24 @@ class AndroidDevice(Device):
             got.append(name)
         return got
 
+    def write_run_info(self, run_dir_local: str | os.PathLike, **extra: Any) -> None:
+        super().write_run_info(run_dir_local, model=self.model, pid=self._pid, **extra)
+
     def sample_memory(self) -> dict[str, Any] | None:
+        """``dumpsys meminfo <package>``: TOTAL RSS as source ``dumpsys_meminfo`` (and TOTAL PSS as source
+        ``dumpsys_meminfo_pss``) appended to host_memory.jsonl during a run; returns the RSS record (PSS where the
+        device reports no RSS, Android 9 and older), None when the app is not running."""
         r = self.sh(["dumpsys", "meminfo", self.contract.package], check=False, timeout=30)
         pss, rss = parse_meminfo(r.output)
         if pss is None and rss is None:
             return None
-        value, source = (rss, "dumpsys_meminfo") if rss is not None else (pss, "dumpsys_meminfo_pss")
+        records = [(v, src) for v, src in ((rss, "dumpsys_meminfo"), (pss, "dumpsys_meminfo_pss")) if v is not None]
         if self._mem is None:
             from host.protocol import MemoryRecord
 
-            return MemoryRecord(t=0.0, rss_bytes=value, source=source).to_dict()
-        return self._mem.write(value, source)
+            return MemoryRecord(t=0.0, rss_bytes=records[0][0], source=records[0][1]).to_dict()
+        out = [self._mem.write(v, src) for v, src in records]
+        return out[0]
 
     def cleanup(self) -> None:
         if self._log is not None:

@@ -25,7 +25,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from host.devices.contract import SEGMENT_RE
 from host.devices.errors import DeviceError
@@ -91,7 +91,9 @@ class LocalRun:
 
     def device_request(self, models_dir: str) -> bytes:
         """request.json as pushed to a device: the same request, models read from the shared store."""
-        return (json.dumps({**self.request, "models_dir": models_dir}, indent=1) + "\n").encode()
+        from host.protocol.jsonio import dumps
+
+        return (dumps({**self.request, "models_dir": models_dir}) + "\n").encode()  # formatted as prepare_run writes
 
 
 def _check_rel(rel: str, what: str) -> str:
@@ -175,15 +177,17 @@ class MemoryLog:
         self.path = path
         self.source = source
         self.t0 = time.monotonic()
-        self.peak = 0
+        self.peaks: dict[str, int] = {}
         path.unlink(missing_ok=True)
 
     def write(self, rss_bytes: int, source: str | None = None) -> dict[str, Any]:
+        """Append one memory record (``peak_bytes``: the largest value so far of the same source)."""
         from host.protocol import MemoryRecord, TraceWriter
 
-        self.peak = max(self.peak, int(rss_bytes))
-        rec = MemoryRecord(t=round(time.monotonic() - self.t0, 4), rss_bytes=int(rss_bytes),
-                           source=source or self.source, peak_bytes=self.peak)
+        source = source or self.source
+        peak = self.peaks[source] = max(self.peaks.get(source, 0), int(rss_bytes))
+        rec = MemoryRecord(t=round(time.monotonic() - self.t0, 4), rss_bytes=int(rss_bytes), source=source,
+                           peak_bytes=peak)
         with TraceWriter(self.path, append=True) as w:
             w.write(rec)
         return rec.to_dict()
@@ -212,9 +216,10 @@ class Device(abc.ABC):
 
     def __getattr__(self, item: str) -> Any:
         # Transitional: code written against DeviceProfile (`x.device.name`, `x.runtime.threads`) keeps working.
-        if item in ("device", "runtime", "hardware", "roofline", "match", "references"):
-            return getattr(self.__dict__["profile"], item)
-        raise AttributeError(item)
+        profile = self.__dict__.get("profile")
+        if profile is not None and item in ("device", "runtime", "hardware", "roofline", "match", "references"):
+            return getattr(profile, item)
+        raise AttributeError(f"{type(self).__name__} has no attribute {item!r}")
 
     @abc.abstractmethod
     def prepare(self, run_dir_local: str | os.PathLike) -> str:

@@ -47,8 +47,7 @@ PAIR_HINT = ("not paired with this computer: unlock the iPhone, connect it over 
 DEVMODE_HINT = ("Developer Mode is off: turn it on in Settings > Privacy & Security > Developer Mode and restart "
                 "the phone (`pymobiledevice3 amfi reveal-developer-mode` shows the switch)")
 DDI_HINT = "mount it with `pymobiledevice3 mounter auto-mount` (it downloads the image on first use)"
-ATTACH_HINT = ("attach an iPhone over USB, unlock it and tap 'Trust' (`idevicepair pair`); on Linux usbmuxd must be "
-               "running (`sudo systemctl start usbmuxd`)")
+ATTACH_HINT = "attach an iPhone over USB, unlock it and tap 'Trust' (`idevicepair pair` brings the prompt up)"
 
 
 def version_tuple(v: str | None) -> tuple[int, ...]:
@@ -202,6 +201,7 @@ class IosDevice(Device):
         self._mem: MemoryLog | None = None
         self._last_footprint: dict[str, Any] | None = None
         self._tap_task: asyncio.Task | None = None
+        self.sysmontap_error: str | None = None
 
     @property
     def label(self) -> str:
@@ -379,9 +379,8 @@ class IosDevice(Device):
                             self._mem.write(int(value), "sysmontap")
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001
-            if self._mem is not None:
-                self._mem.source = f"sysmontap unavailable: {type(e).__name__}"
+        except Exception as e:  # noqa: BLE001  (optional: the app's own phys_footprint records remain)
+            self.sysmontap_error = f"{type(e).__name__}: {e}"
 
     def wait(self, timeout: float | None, on_record: OnRecord | None = None) -> dict[str, Any]:
         if self._remote_run is None:
@@ -470,6 +469,11 @@ class IosDevice(Device):
             return got
 
         return self._call(go(), "pull")
+
+    def write_run_info(self, run_dir_local: str | os.PathLike, **extra: Any) -> None:
+        if self.sysmontap_error:
+            extra["sysmontap_error"] = self.sysmontap_error
+        super().write_run_info(run_dir_local, product_type=self.product_type, launches=self.launches[-1:], **extra)
 
     def sample_memory(self) -> dict[str, Any] | None:
         """The app's latest own memory record (``phys_footprint``) seen in its trace; None before the first."""

@@ -73,10 +73,12 @@ def _android(env: Mapping[str, str], adb, endpoints: list[str]) -> tuple[Any, li
 
 def _ios(backend) -> tuple[Any, list[Attached], list[str]]:
     if backend is None:
-        try:
-            from host.devices.ios import Pmd3
-        except ImportError as e:  # pragma: no cover
-            return None, [], [f"iOS devices not listed: {e}"]
+        import importlib.util
+
+        if importlib.util.find_spec("pymobiledevice3") is None:
+            return None, [], ["iOS devices not listed: pymobiledevice3 is not installed"]
+        from host.devices.ios import Pmd3
+
         backend = Pmd3()
 
     async def go() -> tuple[list[Attached], list[str]]:
@@ -206,7 +208,8 @@ def select_device(name_or_serial: str | None = None, env: Mapping[str, str] = os
         if not hits:
             what = f"profile {profile.name}: " if profile else ""
             raise DeviceNotFound(f"{what}no attached device has serial/UDID {serial!r}"
-                                 + ("" if profile else f" and it is not a device profile ({', '.join(list_profiles())})")
+                                 + ("" if profile else
+                                    f" and it is not a device profile ({', '.join(list_profiles())})")
                                  + f"; {_summary(found, notes)}; {hints}", device=raw)
         a = hits[0]
         if profile is None:

@@ -65,7 +65,7 @@ def test_bad_input_is_one_line(extra, culprit, tmp_path, artifact_root, capsys):
     assert "Traceback" not in err
 
 
-def test_phone_profile_without_a_transport_fails_fast(tmp_path, artifact_root, capsys):
+def test_phone_profile_with_no_phone_attached_fails_fast(tmp_path, artifact_root, capsys):
     rc = deploy.main(_args(tmp_path, artifact_root, "--device", "s23"))
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: s23:")

@@ -43,7 +43,8 @@ def contracts(tmp_path) -> dict[str, str]:
     return {"SDPHONE_ANDROID_CONTRACT": str(android), "SDPHONE_IOS_CONTRACT": str(ios), "SDPHONE_ADB_AUTOSTART": "0"}
 
 
-def make_run(root: Path, name: str = "run", prompt: str = "a photo of an astronaut", run_id: str = "20261122T100000Z_baseline",
+def make_run(root: Path, name: str = "run", prompt: str = "a photo of an astronaut",
+             run_id: str = "20261122T100000Z_baseline",
              sizes: dict[str, int] | None = None, seed: int = 0) -> Path:
     """A run folder shaped like prepare_run's: request.json (golden, with small models), noise.bin, models/."""
     import random

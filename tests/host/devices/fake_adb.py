@@ -24,7 +24,6 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 S_IFREG = 0o100000
 S_IFDIR = 0o040000
@@ -49,6 +48,7 @@ class FakePhone:
     gone: bool = False
     next_pid: int = 4242
     started: list[list[str]] = field(default_factory=list)           # argv of every `am start`
+    df_extra_once: int = 0  # added to the next `df` answer only (space that is gone by the time we push)
     tails: int = 0                                                    # `tail` commands seen (the host is waiting)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -199,7 +199,8 @@ class FakePhone:
 
     def sh_df(self, a):
         path = a[-1]
-        avail = max(0, self.free_bytes - self.used_bytes()) // 1024
+        avail = max(0, self.free_bytes - self.used_bytes() + self.df_extra_once) // 1024
+        self.df_extra_once = 0
         return (f"Filesystem     1K-blocks    Used Available Use% Mounted on\n"
                 f"/dev/fuse      115249236 5563412 {avail} 5% {path}\n").encode(), b"", 0
 
@@ -508,7 +509,7 @@ class FakeAdbServer:
                 p = posixpath.normpath(dest)
                 if phone.used_bytes() - len(phone.files.get(p, b"")) + len(data) > phone.free_bytes:
                     phone.write(p, data[: len(data) // 2])
-                    self._sync_fail(sock, f"write failed: No space left on device")
+                    self._sync_fail(sock, "write failed: No space left on device")
                     continue
                 phone.write(p, data)
                 with self.lock:

@@ -60,9 +60,9 @@ def _fake_build(tmp_path):
 
 
 def _args(**kw):
-    base = dict(prompt='"; rm -rf / #$(reboot)', negative_prompt="", seed=42, steps=4, scheduler="dpmpp_2m", karras=False,
-                guidance=7.5, size=512, threads=None, warmup=0, repeats=1, memory_interval_ms=50, per_op=False,
-                block_steps=2, timeout=20)
+    base = dict(prompt='"; rm -rf / #$(reboot)', negative_prompt="", seed=42, steps=4, scheduler="dpmpp_2m",
+                karras=False, guidance=7.5, size=512, threads=None, warmup=0, repeats=1, memory_interval_ms=50,
+                per_op=False, block_steps=2, timeout=20)
     base.update(kw)
     return argparse.Namespace(**base)
 
