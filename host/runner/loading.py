@@ -51,7 +51,8 @@ def check_signature(model: LiteRtModel, spec: ModelSpec | BlockModelSpec, path: 
 def load_model(path: Path, spec: ModelSpec | BlockModelSpec, component: str, threads: int, tracer: Tracer,
                phases: Sequence[str] = ("cold", "warm")) -> LiteRtModel:
     """Load ``path`` once per phase (a "warm" load is a second load of the same file), one ``load`` span
-    each; returns the last instance, its signature checked against ``spec``."""
+    each, then invoke it once on zeros (a ``load`` span with phase "first_invoke"); returns the last
+    instance, its signature checked against ``spec``."""
     model: LiteRtModel | None = None
     for phase in phases:
         model = None  # release the previous instance before loading the next
@@ -59,6 +60,10 @@ def load_model(path: Path, spec: ModelSpec | BlockModelSpec, component: str, thr
             model = LiteRtModel(str(path), threads=threads)
     assert model is not None
     check_signature(model, spec, path)
+    # The first invocation packs the weights for the CPU kernels (tens of seconds for the full UNet):
+    # measured here, as part of getting the model ready, so that no step or block span carries it.
+    with tracer.span("load", "load", component=component, args={"phase": "first_invoke", "file": spec.file}):
+        model.run(**{name: np.zeros(shape, dtype) for name, (shape, dtype) in model.inputs.items()})
     return model
 
 

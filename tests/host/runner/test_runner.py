@@ -40,8 +40,9 @@ def test_run_writes_trace_image_and_status(done_run):
     assert meta.runtime == {"accelerator": "cpu", "precision": "fp32", "threads": 2, "delegate": "xnnpack"}
     spans = [r for r in records if r.TYPE == "span"]
     loads = [(s.component, s.args["phase"]) for s in spans if s.cat == "load"]
-    assert loads[:6] == [(c, p) for c in ("text_encoder", "unet", "vae_decoder") for p in ("cold", "warm")]
-    assert loads[6:] == [("whole_unet", "cold")]
+    assert loads[:9] == [(c, p) for c in ("text_encoder", "unet", "vae_decoder")
+                         for p in ("cold", "warm", "first_invoke")]
+    assert loads[9:] == [("whole_unet", "cold"), ("whole_unet", "first_invoke")]
     by_kind = Counter((s.name, s.cat, s.warmup) for s in spans)
     assert by_kind[("generation", "total", True)] == 1 and by_kind[("generation", "total", False)] == 2
     assert by_kind[("text_encoder", "component", False)] == 2 and by_kind[("vae_decoder", "component", False)] == 2

@@ -57,7 +57,7 @@ def test_corrupt_tflite_names_the_file(make_run):
     _edit_request(run_dir, lambda d: d["models"]["vae_decoder"].__setitem__("sha256", file_sha256(vae)))
     _, records, _ = _fail(run_dir, "vae_decoder.tflite: not a loadable LiteRT model")
     loaded = [r.component for r in records if r.TYPE == "span" and r.cat == "load"]
-    assert loaded == ["text_encoder"] * 2 + ["unet"] * 2  # what was done before the failure is kept
+    assert loaded == ["text_encoder"] * 3 + ["unet"] * 3  # what was done before the failure is kept
 
 
 def test_missing_tflite_names_the_file(make_run):
@@ -98,7 +98,7 @@ def test_crash_mid_run_keeps_the_steps_done(make_run, monkeypatch):
 
     def flaky(self, **inputs):
         if self.path.endswith("unet.tflite"):
-            if calls["unet"] == 2:
+            if calls["unet"] == 3:  # the first invocation is the load-time one, then steps 0 and 1
                 raise RuntimeError("injected failure at step 2\nsecond line")
             calls["unet"] += 1
         return original(self, **inputs)
