@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any
-
 import numpy as np
 import torch
 from torch import nn

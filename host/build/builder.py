@@ -181,8 +181,7 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
     results.append(gates.check("tflite_vs_torch", component, y_lite, y_var, "rel_err",
                                gates.TFLITE_VS_TORCH_REL_ERR[variant.quantization]))
     if not is_baseline:
-        wino = variant.opts.winograd_decoder if component == "vae_decoder" else variant.opts.winograd_unet
-        metric, bound = gates.variant_bounds(component, variant.quantization, wino)
+        metric, bound = gates.variant_bounds(component, variant.quantization)
         results.append(gates.check("variant_vs_baseline", component, y_lite, y_base, metric, bound))
     for r in results:
         log(f"[{variant.name}] {component}: {r.check} {r.metric}={r.value:.3g} (bound {r.bound:g}) "

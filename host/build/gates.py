@@ -14,20 +14,20 @@ import numpy as np
 
 from host.errors import GateError
 
-# Each .tflite against the PyTorch module it was converted from, by weight precision.
-TFLITE_VS_TORCH_REL_ERR = {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.15}
+# Each .tflite against the PyTorch module it was converted from, by weight precision. Measured on the
+# tiny config: fp32 <= 1.3e-5 (full size <= 1.3e-5), fp16 <= 5.4e-3, int8 (no Winograd) <= 4.2e-2.
+TFLITE_VS_TORCH_REL_ERR = {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.1}
 # Our baseline PyTorch modules against diffusers / transformers with the same weights (fp32).
 DIFFUSERS_REL_ERR = 1e-4
-# Optimized fp32 variants (their .tflite) against the baseline PyTorch module.
+# fp32 variants (their .tflite) against the baseline PyTorch module. Winograd F(6x6, 3x3) needs no bound
+# of its own: on the tiny config it measured 6.4e-6 (UNet) and 121.7 dB (decoder), against 3.1e-6 and
+# 128.3 dB for m=4; the full-size optimized (m=4) UNet measured 6.8e-6 and its decoder 122 dB.
 VARIANT_REL_ERR = 1e-4
 VARIANT_PSNR_DB = 40.0
-# Winograd F(6x6, 3x3) loses more fp32 precision than m=2/4: its own bounds, from measurements on
-# the tiny and full configs (see README "Verification gates").
-WINOGRAD6_REL_ERR = 5e-4
-WINOGRAD6_PSNR_DB = 40.0
-# Quantized variants against the fp32 baseline: looser, since weights are rounded on purpose.
-QUANT_REL_ERR = {"fp16": 1e-2, "int8": 0.25}
-QUANT_PSNR_DB = {"fp16": 40.0, "int8": 20.0}
+# Quantized variants against the fp32 baseline: weights are rounded on purpose. Measured on the tiny
+# config: fp16 4.5e-3 (UNet) and 64.6 dB (decoder); int8 4.2e-2 and 47.4 dB.
+QUANT_REL_ERR = {"fp16": 1e-2, "int8": 0.1}
+QUANT_PSNR_DB = {"fp16": 40.0, "int8": 30.0}
 
 
 def rel_err(test: np.ndarray, ref: np.ndarray) -> float:
@@ -83,12 +83,8 @@ def enforce(results: list[GateResult]) -> None:
             raise GateError(f"{r.component}: gate {r.check} failed: {r.metric}={r.value:.3g}, needs {op} {r.bound:g}")
 
 
-def variant_bounds(component: str, quantization: str, winograd_m: int) -> tuple[str, float]:
+def variant_bounds(component: str, quantization: str) -> tuple[str, float]:
     """(metric, bound) of the variant-vs-baseline gate for one component."""
     if component == "vae_decoder":
-        if quantization != "fp32":
-            return "psnr_db", QUANT_PSNR_DB[quantization]
-        return "psnr_db", WINOGRAD6_PSNR_DB if winograd_m == 6 else VARIANT_PSNR_DB
-    if quantization != "fp32":
-        return "rel_err", QUANT_REL_ERR[quantization]
-    return "rel_err", WINOGRAD6_REL_ERR if winograd_m == 6 else VARIANT_REL_ERR
+        return "psnr_db", QUANT_PSNR_DB[quantization] if quantization != "fp32" else VARIANT_PSNR_DB
+    return "rel_err", QUANT_REL_ERR[quantization] if quantization != "fp32" else VARIANT_REL_ERR
