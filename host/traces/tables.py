@@ -224,13 +224,17 @@ def variant_name(run_id: str | None = None, request: Mapping | None = None, mani
 
 # ----------------------------------------------------------------------------------------------- tables
 
+def _identity(records: list, run_id: str | None, variant: str | None, device: str | None) -> tuple[str, str, str]:
+    """(run_id, variant, device) as given, else from the trace's meta record."""
+    meta = meta_record(records)
+    run_id = run_id or meta.get("run_id") or "run"
+    return run_id, variant or variant_name(run_id, meta=meta), device or device_name(meta)
+
+
 def spans_frame(records: Iterable[Mapping], run_id: str | None = None, variant: str | None = None,
                 device: str | None = None) -> pd.DataFrame:
     records = list(records)
-    meta = meta_record(records)
-    run_id = run_id or meta.get("run_id") or "run"
-    device = device or device_name(meta)
-    variant = variant or variant_name(run_id, meta=meta)
+    run_id, variant, device = _identity(records, run_id, variant, device)
     rows = []
     for r in records:
         if r.get("type") != "span":
@@ -252,10 +256,7 @@ def spans_frame(records: Iterable[Mapping], run_id: str | None = None, variant: 
 def memory_frame(records: Iterable[Mapping], run_id: str | None = None, variant: str | None = None,
                  device: str | None = None) -> pd.DataFrame:
     records = list(records)
-    meta = meta_record(records)
-    run_id = run_id or meta.get("run_id") or "run"
-    device = device or device_name(meta)
-    variant = variant or variant_name(run_id, meta=meta)
+    run_id, variant, device = _identity(records, run_id, variant, device)
     rows = [{"run_id": run_id, "variant": variant, "device": device, "t_s": r.get("t"),
              "rss_bytes": r.get("rss_bytes"), "peak_bytes": r.get("peak_bytes"), "source": r.get("source")}
             for r in records if r.get("type") == "memory"]
@@ -265,10 +266,7 @@ def memory_frame(records: Iterable[Mapping], run_id: str | None = None, variant:
 def events_frame(records: Iterable[Mapping], run_id: str | None = None, variant: str | None = None,
                  device: str | None = None) -> pd.DataFrame:
     records = list(records)
-    meta = meta_record(records)
-    run_id = run_id or meta.get("run_id") or "run"
-    device = device or device_name(meta)
-    variant = variant or variant_name(run_id, meta=meta)
+    run_id, variant, device = _identity(records, run_id, variant, device)
     rows = [{"run_id": run_id, "variant": variant, "device": device, "t_s": r.get("t"), "name": r.get("name"),
              "message": r.get("message")} for r in records if r.get("type") == "event"]
     return typed_frame(rows, EVENTS_COLUMNS)
