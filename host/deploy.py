@@ -80,9 +80,7 @@ def _validate(args) -> None:
 def resolve_device(name: str):
     """The :class:`host.devices.Device` to run on: ``host``, a profile name (the attached phone it matches), a
     serial / UDID / adb ``host:port`` endpoint, or ``profile@serial`` (see host.devices.select). Called before
-    any build, so a missing or unauthorised phone fails fast with what is attached and how to attach one.
-    The device also answers for its profile (``device.profile``; ``device.device`` / ``device.runtime`` still
-    work for code written against DeviceProfile)."""
+    any build, so a missing or unauthorised phone fails fast with what is attached and how to attach one."""
     from host.devices import select_device
 
     return select_device(name)
@@ -104,7 +102,8 @@ def _deploy(args) -> int:
     from host.build.cli import run_builds
 
     _validate(args)
-    profile = resolve_device(args.device)
+    device = resolve_device(args.device)  # before any build: a missing phone fails fast
+    device_name = device.name
     names = ([n for n in LADDER if n != "optimized"] if args.ladder else (args.variant or ["baseline", "optimized"]))
     label = "ladder" if args.ladder else "-vs-".join(names)
     builds = []
@@ -115,7 +114,7 @@ def _deploy(args) -> int:
         builds.extend(run_builds(build_args, log=lambda s: print(f"  build {s}")))
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    device_dir = args.out / profile.device.name
+    device_dir = args.out / device_name
     session = device_dir / f"{stamp}_{label}"
     session.mkdir(parents=True, exist_ok=False)
     _link_latest(device_dir, session)
@@ -123,7 +122,7 @@ def _deploy(args) -> int:
 
     runs = []
     for manifest, build_dir, cached in builds:
-        runs.append(_run_variant(args, profile, session, manifest, build_dir))
+        runs.append(_run_variant(args, device, session, manifest, build_dir))
 
     from host.report import render_report, terminal_summary
     from host.traces.perfetto import chrome_trace, merge_traces
@@ -133,11 +132,11 @@ def _deploy(args) -> int:
     save_tables(concat_tables(r.tables for r in loaded), session / "tables")
     merged = merge_traces(chrome_trace(r.records, process_name=r.variant) for r in loaded)
     (session / "timeline.perfetto.json").write_text(json.dumps(merged))
-    report = render_report(session, session / "report.html", profile=profile.device.name)
+    report = render_report(session, session / "report.html", profile=device_name)
     summary = terminal_summary(session)
     (session / "summary.txt").write_text(summary + "\n")
     (session / "deploy.json").write_text(json.dumps({
-        "device": profile.device.name, "argv": sys.argv[1:], "variants": names,
+        "device": device_name, "argv": sys.argv[1:], "variants": names,
         "runs": [str(r.relative_to(session)) for r in runs], "report": report.name}, indent=2))
     print(summary)
     print(f"report: {report}")
@@ -151,7 +150,7 @@ def _run_variant(args, device, session: Path, manifest: dict, build_dir: Path) -
     from host.devices import DeviceError, RunFailed
     from host.request import prepare_run
 
-    profile = getattr(device, "profile", device)
+    profile = device.profile
     name = manifest["variant"]["name"]
     run_dir = session / name
     blocks = [{"name": b["name"], "file": str(build_dir / b["file"])} for b in manifest.get("profile_blocks", [])]

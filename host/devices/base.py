@@ -214,13 +214,6 @@ class Device(abc.ABC):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
 
-    def __getattr__(self, item: str) -> Any:
-        # Transitional: code written against DeviceProfile (`x.device.name`, `x.runtime.threads`) keeps working.
-        profile = self.__dict__.get("profile")
-        if profile is not None and item in ("device", "runtime", "hardware", "roofline", "match", "references"):
-            return getattr(profile, item)
-        raise AttributeError(f"{type(self).__name__} has no attribute {item!r}")
-
     @abc.abstractmethod
     def prepare(self, run_dir_local: str | os.PathLike) -> str:
         """Make the remote run folder (request.json and noise.bin in place); return its path on the device."""

@@ -74,7 +74,7 @@ def test_run_variant_on_a_phone(contracts, tmp_path, capsys):
     phone = FakePhone("R5CT123")
     with FakeAdbServer([phone]) as srv:
         dev = select_device("s23", env=contracts, adb=srv.client(), options=FAST)
-        assert dev.device.name == "s23" and dev.runtime.threads == dev.profile.runtime.threads  # profile shim
+        assert dev.name == "s23" and dev.profile.device.platform == "android"
         run_dir = deploy._run_variant(_args(), dev, session, manifest, build)
         assert run_dir == session / "baseline"
         assert json.loads((run_dir / "status.json").read_text())["state"] == "ok"
