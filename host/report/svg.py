@@ -42,6 +42,21 @@ def _legend(labels: Sequence[str], colors: Sequence[str], x: float, y: float) ->
     return "".join(out)
 
 
+def _frame_with_x_axis(css_class: str, width: int, height: float, title: str, left: float, plot_w: float,
+                       ticks: list[float], scale: float, grid_top: float, unit: str, unit_y: float) -> list[str]:
+    """The opening <svg>, the title, vertical grid lines with tick labels, and the x-axis label."""
+    out = [f"<svg class='{css_class}' viewBox='0 0 {width} {height}' "
+           f"width='{width}' height='{height}' role='img'>"]
+    if title:
+        out.append(f"<text x='{left}' y='14' {FONT} font-weight='bold'>{escape(title)}</text>")
+    for t in ticks:
+        x = left + t * scale
+        out.append(f"<line x1='{_f(x)}' y1='{grid_top}' x2='{_f(x)}' y2='{height - 34}' stroke='#e3e3e3'/>"
+                   f"<text x='{_f(x)}' y='{height - 22}' {FONT} text-anchor='middle'>{t:g}</text>")
+    out.append(f"<text x='{left + plot_w / 2:.1f}' y='{unit_y}' {FONT} text-anchor='middle'>{escape(unit)}</text>")
+    return out
+
+
 def grouped_hbar(categories: Sequence[str], series: Mapping[str, Sequence[float]], unit: str = "ms",
                  title: str = "", colors: Sequence[str] | None = None, width: int = 760,
                  annotations: Mapping[str, Sequence[str]] | None = None, css_class: str = "chart") -> str:
@@ -57,15 +72,7 @@ def grouped_hbar(categories: Sequence[str], series: Mapping[str, Sequence[float]
     vmax = max(vals) if vals else 1.0
     ticks = nice_ticks(vmax)
     scale = plot_w / (ticks[-1] or 1.0)
-    out = [f"<svg class='{css_class}' viewBox='0 0 {width} {height}' "
-           f"width='{width}' height='{height}' role='img'>"]
-    if title:
-        out.append(f"<text x='{left}' y='14' {FONT} font-weight='bold'>{escape(title)}</text>")
-    for t in ticks:
-        x = left + t * scale
-        out.append(f"<line x1='{_f(x)}' y1='{top - 4}' x2='{_f(x)}' y2='{height - 34}' stroke='#e3e3e3'/>"
-                   f"<text x='{_f(x)}' y='{height - 22}' {FONT} text-anchor='middle'>{t:g}</text>")
-    out.append(f"<text x='{left + plot_w / 2:.1f}' y='{height - 8}' {FONT} text-anchor='middle'>{escape(unit)}</text>")
+    out = _frame_with_x_axis(css_class, width, height, title, left, plot_w, ticks, scale, top - 4, unit, height - 8)
     for gi, cat in enumerate(categories):
         y0 = top + gi * group_h
         out.append(f"<text x='{left - 6}' y='{_f(y0 + group_h / 2)}' {FONT} text-anchor='end' "
@@ -95,15 +102,7 @@ def timeline(lanes: Sequence[tuple[str, Sequence[tuple[float, float, str, str]]]
     tmax = max((s + d for _, bars in lanes for s, d, _, _ in bars), default=1.0) or 1.0
     ticks = nice_ticks(tmax, 8)
     scale = plot_w / ticks[-1]
-    out = [f"<svg class='{css_class}' viewBox='0 0 {width} {height}' "
-           f"width='{width}' height='{height}' role='img'>"]
-    if title:
-        out.append(f"<text x='{left}' y='14' {FONT} font-weight='bold'>{escape(title)}</text>")
-    for t in ticks:
-        x = left + t * scale
-        out.append(f"<line x1='{_f(x)}' y1='{top - 2}' x2='{_f(x)}' y2='{height - 34}' stroke='#e3e3e3'/>"
-                   f"<text x='{_f(x)}' y='{height - 22}' {FONT} text-anchor='middle'>{t:g}</text>")
-    out.append(f"<text x='{left + plot_w / 2:.1f}' y='{height - 6}' {FONT} text-anchor='middle'>seconds</text>")
+    out = _frame_with_x_axis(css_class, width, height, title, left, plot_w, ticks, scale, top - 2, "seconds", height - 6)
     for li, (name, bars) in enumerate(lanes):
         y = top + li * lane_h
         out.append(f"<text x='{left - 6}' y='{y + lane_h / 2:.1f}' {FONT} text-anchor='end' "
