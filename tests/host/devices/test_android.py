@@ -33,6 +33,13 @@ def _model_bytes(run) -> int:
     return sum(p.stat().st_size for p in (run / "models").rglob("*.tflite"))
 
 
+
+def _start(dev, run) -> None:
+    """Prepare the phone for ``run``, push its models and start the app: the steps every scenario shares."""
+    dev.prepare(run)
+    dev.push_models(run)
+    dev.start(run)
+
 def test_happy_path_pushes_once_then_skips_and_collects_everything(contracts, run_factory):
     phone = FakePhone("R5CT123")
     with FakeAdbServer([phone]) as srv:
@@ -79,9 +86,7 @@ def test_memory_is_sampled_from_the_host_side(contracts, run_factory):
     with FakeAdbServer([phone]) as srv:
         dev = _device(srv, contracts)
         run = run_factory()
-        dev.prepare(run)
-        dev.push_models(run)
-        dev.start(run)
+        _start(dev, run)
         dev.wait(10)
         dev.cleanup()
     mem = read_trace_dicts(run / HOST_MEMORY_FILE)
@@ -138,9 +143,7 @@ def test_app_crash_names_the_exception(contracts, run_factory):
     with FakeAdbServer([phone]) as srv:
         dev = _device(srv, contracts)
         run = run_factory()
-        dev.prepare(run)
-        dev.push_models(run)
-        dev.start(run)
+        _start(dev, run)
         with pytest.raises(AppCrashed) as e:
             dev.wait(10)
         assert not isinstance(e.value, LowMemoryKilled)
@@ -157,9 +160,7 @@ def test_low_memory_kill_is_told_apart(contracts, run_factory):
     with FakeAdbServer([phone]) as srv:
         dev = _device(srv, contracts)
         run = run_factory()
-        dev.prepare(run)
-        dev.push_models(run)
-        dev.start(run)
+        _start(dev, run)
         with pytest.raises(LowMemoryKilled) as e:
             dev.wait(10)
     assert "low-memory killer" in str(e.value) and any("lowmemorykiller" in ln or "am_kill" in ln
@@ -171,9 +172,7 @@ def test_disconnect_mid_run(contracts, run_factory):
     with FakeAdbServer([phone]) as srv:
         dev = _device(srv, contracts)
         run = run_factory()
-        dev.prepare(run)
-        dev.push_models(run)
-        dev.start(run)
+        _start(dev, run)
         t0 = time.monotonic()
         with pytest.raises(Disconnected) as e:
             dev.wait(30)
@@ -187,9 +186,7 @@ def test_timeout(contracts, run_factory):
     with FakeAdbServer([phone]) as srv:
         dev = _device(srv, contracts)
         run = run_factory()
-        dev.prepare(run)
-        dev.push_models(run)
-        dev.start(run)
+        _start(dev, run)
         with pytest.raises(RunTimeout) as e:
             dev.wait(0.3)
         dev.cleanup()
@@ -278,9 +275,7 @@ def test_remote_endpoint_is_adb_connected(contracts, run_factory):
         dev = _device(srv, contracts, "10.1.2.3:5555")
         assert (dev.serial, dev.name) == ("10.1.2.3:5555", "s23")
         run = run_factory()
-        dev.prepare(run)
-        dev.push_models(run)
-        dev.start(run)
+        _start(dev, run)
         assert dev.wait(10)["state"] == "ok"
         dev.cleanup()
         assert "host:connect:10.1.2.3:5555" in srv.requests
@@ -319,9 +314,7 @@ def test_app_that_refuses_the_run_is_reported_from_its_log(contracts, run_factor
     with FakeAdbServer([phone]) as srv:
         dev = _device(srv, contracts)
         run = run_factory()
-        dev.prepare(run)
-        dev.push_models(run)
-        dev.start(run)
+        _start(dev, run)
         t0 = time.monotonic()
         with pytest.raises(RunFailed) as e:
             dev.wait(30)
