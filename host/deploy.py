@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds a phone run may take before it is stopped (default $SDPHONE_RUN_TIMEOUT or 3600)")
     p.add_argument("--out", type=Path, default=REPO / "runs", help="runs folder (default ./runs)")
+    p.add_argument("--result-json", type=Path, default=None,
+                   help="also write the outcome here as JSON: the session folder, or the error's type, whether it "
+                        "is worth a retry, and its message (for drivers such as host.farm)")
     return p
 
 
@@ -86,19 +89,43 @@ def resolve_device(name: str):
     return select_device(name)
 
 
+#: device errors worth another attempt: the device or the app went away, or a run took too long
+TRANSIENT_ERRORS = ("Disconnected", "RunTimeout", "AppCrashed", "LowMemoryKilled", "DeviceNotFound")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    outcome: dict = {"ok": False}
     try:
-        return _deploy(args)
+        session = _deploy(args)
+        outcome = {"ok": True, "session": str(session)}
+        return 0
     except (HarnessError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
+        outcome["error"] = _error_info(e, str(e))
         return 2
     except OSError as e:  # a full disk or an unwritable folder: name the file
         print(f"error: {e.filename or ''}: {e.strerror}", file=sys.stderr)
+        outcome["error"] = _error_info(e, f"{e.filename or ''}: {e.strerror}")
         return 2
+    finally:
+        if args.result_json is not None:
+            _write_result(args.result_json, outcome)
 
 
-def _deploy(args) -> int:
+def _error_info(e: BaseException, message: str) -> dict:
+    kind = type(e).__name__
+    return {"type": kind, "transient": kind in TRANSIENT_ERRORS, "message": message}
+
+
+def _write_result(path: Path, outcome: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(outcome, indent=2))
+    os.replace(tmp, path)
+
+
+def _deploy(args) -> Path:
     from host.build.cli import run_builds
 
     _validate(args)
@@ -115,8 +142,7 @@ def _deploy(args) -> int:
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     device_dir = args.out / device_name
-    session = device_dir / f"{stamp}_{label}"
-    session.mkdir(parents=True, exist_ok=False)
+    session = _new_session(device_dir, f"{stamp}_{label}")
     _link_latest(device_dir, session)
     print(f"run folder: {session}")
 
@@ -140,7 +166,20 @@ def _deploy(args) -> int:
         "runs": [str(r.relative_to(session)) for r in runs], "report": report.name}, indent=2))
     print(summary)
     print(f"report: {report}")
-    return 0
+    return session
+
+
+def _new_session(device_dir: Path, name: str) -> Path:
+    """A fresh session folder; a second invocation within the same second gets a numbered sibling."""
+    device_dir.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        session = device_dir / (name if n == 1 else f"{name}.{n}")
+        try:
+            session.mkdir()
+            return session
+        except FileExistsError:
+            continue
+    raise DeployError(f"{device_dir}: cannot find a free session folder name for {name}")
 
 
 def _run_variant(args, device, session: Path, manifest: dict, build_dir: Path) -> Path:
