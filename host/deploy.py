@@ -143,7 +143,7 @@ def _deploy(args) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     device_dir = args.out / device_name
     session = _new_session(device_dir, f"{stamp}_{label}")
-    _link_latest(device_dir, session)
+    link_latest(device_dir, session)
     print(f"run folder: {session}")
 
     runs = []
@@ -158,7 +158,12 @@ def _deploy(args) -> Path:
     save_tables(concat_tables(r.tables for r in loaded), session / "tables")
     merged = merge_traces(chrome_trace(r.records, process_name=r.variant) for r in loaded)
     (session / "timeline.perfetto.json").write_text(json.dumps(merged))
-    report = render_report(session, session / "report.html", profile=device_name)
+    bench = None
+    if getattr(device, "platform", "host") == "host":  # the side-by-side benchmark measured this machine
+        from host.bench.pipeline import latest_bench
+
+        bench = latest_bench(args.out, args.model, args.size, args.steps)
+    report = render_report(session, session / "report.html", profile=device_name, bench=bench)
     summary = terminal_summary(session)
     (session / "summary.txt").write_text(summary + "\n")
     (session / "deploy.json").write_text(json.dumps({
@@ -253,7 +258,7 @@ def _run_variant(args, device, session: Path, manifest: dict, build_dir: Path) -
     return run_dir
 
 
-def _link_latest(device_dir: Path, session: Path) -> None:
+def link_latest(device_dir: Path, session: Path) -> None:
     link = device_dir / "latest"
     tmp = device_dir / f".latest.{os.getpid()}"
     tmp.unlink(missing_ok=True)

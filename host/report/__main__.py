@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tables", metavar="DIR", help="also write the trace tables (parquet + CSV) here")
     p.add_argument("--perfetto", action="store_true", help="also write each run's trace.perfetto.json")
     p.add_argument("--no-graph", action="store_true", help="skip the per-layer analysis of the .tflite files")
+    p.add_argument("--bench", help="a host.bench pipeline result (pipeline.json) to show side by side "
+                   "(default: one in RUN_DIR)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the report's path")
     return p
 
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ReportError("--peak-flops and --mem-bw go together")
         source = args.run_dirs if len(args.run_dirs) > 1 else args.run_dirs[0]
         data = collect(source, args.baseline, args.peak_flops, args.mem_bw, args.profile,
-                       analyze_graphs=not args.no_graph)
+                       analyze_graphs=not args.no_graph, bench=args.bench)
         first = Path(args.run_dirs[0])
         out = Path(args.out) if args.out else (first if len(args.run_dirs) == 1 else first.parent) / "report.html"
         out.parent.mkdir(parents=True, exist_ok=True)

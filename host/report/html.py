@@ -24,6 +24,8 @@ from host.traces import compare, graph
 from host.traces.tables import Run, find_run_dirs, load_run
 
 SECTIONS = ("summary", "ladder", "layers", "timeline", "memory", "images", "roofline", "runs")
+#: shown after the summary only when a host.bench pipeline result is at hand
+OPTIONAL_SECTIONS = ("bench",)
 
 
 class ReportError(HarnessError):
@@ -231,16 +233,44 @@ class ReportData:
     op_types: pd.DataFrame
     graphs: dict[str, graph.GraphAnalysis | None] = field(default_factory=dict)
     rooflines: dict[str, tuple[pd.DataFrame, str, dict]] = field(default_factory=dict)
+    bench: dict | None = None          # a host.bench pipeline result (pipeline.json)
+    bench_source: str | None = None
 
     @property
     def multi_device(self) -> bool:
         return len({r.device for r in self.runs}) > 1
 
 
+BENCH_FILE = "pipeline.json"
+
+
+def load_bench(path: str | Path) -> dict:
+    """A ``python -m host.bench pipeline`` result file (``pipeline.json``)."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ReportError(f"{path}: cannot read the benchmark result ({e})") from None
+    if not isinstance(doc, dict) or doc.get("schema") != "sdphone.bench.pipeline":
+        raise ReportError(f"{path}: not a host.bench pipeline result (schema)")
+    return doc
+
+
+def _find_bench(source: Any) -> Path | None:
+    items = source if isinstance(source, (list, tuple)) else [source]
+    for item in items:
+        if not isinstance(item, Run) and (Path(item) / BENCH_FILE).is_file():
+            return Path(item) / BENCH_FILE
+    return None
+
+
 def collect(source: Any, baseline: str | None = None, peak_flops: float | None = None,
             mem_bandwidth: float | None = None, profile: str | None = None, analyze_graphs: bool = True,
-            auto_profile: bool = True) -> ReportData:
+            auto_profile: bool = True, bench: str | Path | None = None) -> ReportData:
+    """The report's data. ``bench``: a pipeline.json to show side by side (default: one found in the
+    source folder, as ``python -m host.bench pipeline`` leaves it)."""
     runs = resolve_runs(source)
+    bench_path = Path(bench) if bench is not None else _find_bench(source)
     graphs = {r.run_id: graph_for(r) if analyze_graphs else None for r in runs}
     # Op spans are attributed to blocks with each run's own graph.
     run_op_blocks = {rid: {"unet": g.ops} for rid, g in graphs.items() if g is not None}
@@ -248,6 +278,8 @@ def collect(source: Any, baseline: str | None = None, peak_flops: float | None =
                       psnr=compare.psnr_table(runs, baseline),
                       layers=compare.compare_layers(runs, "block", baseline, run_op_blocks=run_op_blocks),
                       op_types=compare.compare_layers(runs, "op_type", baseline), graphs=graphs)
+    if bench_path is not None:
+        data.bench, data.bench_source = load_bench(bench_path), str(bench_path)
     for r in runs:
         g = graphs.get(r.run_id)
         nums = roofline_numbers(r, peak_flops, mem_bandwidth, profile, auto_profile)
@@ -306,6 +338,59 @@ def _summary(d: ReportData) -> str:
     if problems:
         body += f"<h3>Problems</h3><ul>{''.join(problems)}</ul>"
     return _section("summary", "Summary", body)
+
+
+_BENCH_METRICS = (("unet_step", "UNet step"), ("text_encoder", "text encoder"), ("vae_decoder", "VAE decoder"),
+                  ("generation", "generation"))
+
+
+def _bench(d: ReportData) -> str:
+    """The side-by-side benchmark (host.bench pipeline): every system's figures with min / median / max
+    over repeats and the ratios to ours, measured in one run."""
+    b = d.bench
+    if not b:
+        return ""
+    st = b.get("settings", {})
+    systems = b.get("systems", {})
+    speed = (b.get("ratios") or {}).get("ours_optimized_speedup", {})
+    head = "".join(f"<th>{escape(h)}</th>" for h in
+                   ["system"] + [lab for _, lab in _BENCH_METRICS] + ["peak RSS", "ours-optimized faster by (step)",
+                                                                      "(generation)", "(peak RSS)"])
+    rows = []
+    for name, r in systems.items():
+        if r.get("status") != "ok":
+            rows.append(f"<tr><td>{escape(name)}</td><td class='bad' colspan='{len(_BENCH_METRICS) + 4}'>"
+                        f"failed: {escape(str(r.get('error')))}</td></tr>")
+            continue
+        stats = r.get("stats", {})
+        cells = [f"<td>{escape(name)}</td>"]
+        for m, _ in _BENCH_METRICS:
+            x = stats.get(m) or {}
+            cells.append(f"<td data-v='{x.get('median', '')}'>{fmt_s(x.get('median'))} "
+                         f"<span class='note'>[{fmt_s(x.get('min'))} – {fmt_s(x.get('max'))}]</span></td>")
+        peak = (stats.get("peak_rss") or {}).get("bytes")
+        cells.append(f"<td>{fmt_bytes(peak)}</td>")
+        ratio = speed.get(name, {})
+        for m in ("unet_step", "generation", "peak_rss"):
+            cells.append(f"<td>{fmt_x(ratio.get(m))}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    notes = []
+    for name, f in (b.get("flop_floor") or {}).items():
+        if isinstance(f, dict) and "floor_s" in f:
+            notes.append(f"<li>UNet step floor, {escape(f.get('label', name))}: {f['flops'] / 1e9:.4g} GFLOP / "
+                         f"{f['peak_flops'] / 1e9:.4g} GFLOP/s = {fmt_s(f['floor_s'])}</li>")
+    for name, r in systems.items():
+        note = ((r.get("run") or {}).get("info") or {}).get("note")
+        if note:
+            notes.append(f"<li>{escape(name)}: {escape(note)}</li>")
+    intro = (f"<p>{escape(str(st.get('model')))} {st.get('size')}×{st.get('size')}, {st.get('steps')} steps, CFG batch 2, "
+             f"{st.get('threads')} threads, {st.get('warmup')} warm-up + {st.get('repeats')} measured generations per "
+             f"system, each system in its own process; median [min – max] over repeats (UNet step: each repeat's "
+             f"median step). Measured {escape(str(b.get('created_utc')))} by <code>python -m host.bench pipeline</code>"
+             f" ({escape(str(d.bench_source or ''))}), not in the runs below.</p>")
+    table = f"<table class='sortable'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return _section("bench", "Side by side: ours vs the references",
+                    intro + table + (f"<ul class='note'>{''.join(notes)}</ul>" if notes else ""))
 
 
 def _ladder(d: ReportData) -> str:
@@ -568,8 +653,9 @@ _JS = """
 
 def render_html(d: ReportData, title: str | None = None) -> str:
     title = title or ("sdphone report: " + ", ".join(dict.fromkeys(r.variant for r in d.runs)))
-    sections = [_summary(d), _ladder(d), _layers(d), _timeline(d), _memory(d), _images(d), _roofline(d),
+    sections = [_summary(d), _bench(d), _ladder(d), _layers(d), _timeline(d), _memory(d), _images(d), _roofline(d),
                 _runs_section(d)]
+    sections = [s for s in sections if s]
     payload = {"generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "runs": [{"run_id": r.run_id, "variant": r.variant, "device": r.device} for r in d.runs],
                "ladder": json.loads(d.ladder.to_json(orient="records")),
@@ -590,11 +676,12 @@ def render_html(d: ReportData, title: str | None = None) -> str:
 
 def render_report(source: Any, out_html: str | Path | None = None, *, baseline: str | None = None,
                   peak_flops: float | None = None, mem_bandwidth: float | None = None, profile: str | None = None,
-                  analyze_graphs: bool = True, auto_profile: bool = True, title: str | None = None) -> Path:
+                  analyze_graphs: bool = True, auto_profile: bool = True, title: str | None = None,
+                  bench: str | Path | None = None) -> Path:
     """Writes one self-contained HTML report for the runs in ``source`` (a run folder, a deploy folder
     of run folders, Run objects, or a list of these) and returns its path (default
-    ``<folder>/report.html`` for a single folder argument)."""
-    d = collect(source, baseline, peak_flops, mem_bandwidth, profile, analyze_graphs, auto_profile)
+    ``<folder>/report.html`` for a single folder argument). ``bench``: see :func:`collect`."""
+    d = collect(source, baseline, peak_flops, mem_bandwidth, profile, analyze_graphs, auto_profile, bench)
     if out_html is None:
         items = source if isinstance(source, (list, tuple)) else [source]
         first = items[0]

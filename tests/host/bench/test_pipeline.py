@@ -113,3 +113,31 @@ def test_bad_arguments_are_rejected_before_anything_runs(tmp_path, capsys):
     assert "unknown system 'nonsense'" in capsys.readouterr().err
     assert pipeline.main(["--size", "100", "--out", str(tmp_path / "y")]) == 2
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_the_report_shows_the_benchmark_side_by_side(full_run, tmp_path):
+    from tests.browser import rendered_dom
+
+    _, out, report = full_run
+    html = (out / "report.html").read_text()
+    assert "<section id='bench'" in html and "<section id='layers'" in html
+    for system in pipeline.SYSTEMS:
+        assert f"<td>{system}</td>" in html
+    dom, _ = rendered_dom(out / "report.html", tmp_path / "profile")
+    assert 'href="#bench"' in dom
+    # Systems other than ours ran each model once before timing (ours: the runner's first_invoke phase).
+    for system in ("litert-example", "torch-eager"):
+        assert _finite_positive(report["systems"][system]["run"]["warmup_samples"]["first_invoke"][0])
+
+
+def test_deploy_picks_the_latest_matching_benchmark(full_run, tmp_path):
+    _, out, _ = full_run
+    from host.deploy import link_latest
+
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "b1").symlink_to(out)
+    link_latest(tmp_path / "bench", tmp_path / "bench" / "b1")
+    assert pipeline.latest_bench(tmp_path, "tiny", 64, 2) == tmp_path / "bench" / "latest" / "pipeline.json"
+    assert pipeline.latest_bench(tmp_path, "tiny", 64, 20) is None
+    assert pipeline.latest_bench(tmp_path, "sd14", 64, 2) is None
+    assert pipeline.latest_bench(tmp_path / "nothing", "tiny", 64, 2) is None
