@@ -9,9 +9,9 @@ Every helper is a plain function that takes a target directory, so any test can 
 * ``write_tokenizer_dir(dir, vocab_size)``: a tiny CLIP BPE tokenizer folder (vocab.json + merges.txt + configs).
 * ``write_diffusers_folder(dir, models)``: a diffusers pipeline folder (model_index.json, unet/, vae/,
   text_encoder/, tokenizer/) written with ``save_pretrained``.
-* ``to_ldm_state_dict(models)``: the same weights in the original CompVis/LDM single-file layout. The
-  diffusers -> LDM mapping here is written independently of the loader (driven by the config, not by
-  the keys), so loading it back is a real round-trip check.
+* ``to_ldm_state_dict(models)``: the same weights in the original CompVis/LDM single-file layout, through
+  ``host.export.ldm`` (driven by the config, not by the keys: independent of the loader, so loading it
+  back is a real round-trip check of both).
 * ``write_ldm_safetensors(path, models)`` / ``write_ldm_ckpt(path, models)``: single-file checkpoints.
 * ``write_malicious_ckpt(path, marker)``: a pickle that would run ``os.system("touch marker")`` if unpickled
   without ``weights_only``.
@@ -222,96 +222,6 @@ def write_diffusers_folder(directory: str | os.PathLike, models: ReferenceModels
     return d
 
 
-# ---------------------------------------------------------------------------------------------
-# diffusers -> original CompVis/LDM single-file layout (test-side inverse mapping)
-# ---------------------------------------------------------------------------------------------
-
-_LDM_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-               "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-_LDM_VAE_RESNET = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2",
-                   "conv_shortcut": "nin_shortcut"}
-_LDM_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-
-
-def _unet_module_table(cfg: ModelConfig) -> list[tuple[str, str, dict[str, str] | None]]:
-    """(diffusers prefix, LDM prefix, child renames or None) for every UNet module, from the config."""
-    u = cfg.unet
-    n, lpb = len(u.block_out_channels), u.layers_per_block
-    rows: list[tuple[str, str, dict[str, str] | None]] = [
-        ("conv_in.", "input_blocks.0.0.", None),
-        ("time_embedding.linear_1.", "time_embed.0.", None),
-        ("time_embedding.linear_2.", "time_embed.2.", None),
-        ("mid_block.resnets.0.", "middle_block.0.", _LDM_RESNET),
-        ("mid_block.attentions.0.", "middle_block.1.", None),
-        ("mid_block.resnets.1.", "middle_block.2.", _LDM_RESNET),
-        ("conv_norm_out.", "out.0.", None),
-        ("conv_out.", "out.2.", None),
-    ]
-    idx = 1
-    for level in range(n):
-        cross = u.down_block_types[level].startswith("CrossAttn")
-        for j in range(lpb):
-            rows.append((f"down_blocks.{level}.resnets.{j}.", f"input_blocks.{idx}.0.", _LDM_RESNET))
-            if cross:
-                rows.append((f"down_blocks.{level}.attentions.{j}.", f"input_blocks.{idx}.1.", None))
-            idx += 1
-        if level < n - 1:
-            rows.append((f"down_blocks.{level}.downsamplers.0.conv.", f"input_blocks.{idx}.0.op.", None))
-            idx += 1
-    idx = 0
-    for level in range(n):
-        cross = u.up_block_types[level].startswith("CrossAttn")
-        for j in range(lpb + 1):
-            rows.append((f"up_blocks.{level}.resnets.{j}.", f"output_blocks.{idx}.0.", _LDM_RESNET))
-            if cross:
-                rows.append((f"up_blocks.{level}.attentions.{j}.", f"output_blocks.{idx}.1.", None))
-            if j == lpb and level < n - 1:
-                slot = 2 if cross else 1
-                rows.append((f"up_blocks.{level}.upsamplers.0.conv.", f"output_blocks.{idx}.{slot}.conv.", None))
-            idx += 1
-    return rows
-
-
-def _vae_module_table(cfg: ModelConfig) -> list[tuple[str, str, dict[str, str] | None]]:
-    v = cfg.vae
-    n = len(v.block_out_channels)
-    rows: list[tuple[str, str, dict[str, str] | None]] = [
-        ("post_quant_conv.", "post_quant_conv.", None),
-        ("decoder.conv_in.", "decoder.conv_in.", None),
-        ("decoder.conv_out.", "decoder.conv_out.", None),
-        ("decoder.conv_norm_out.", "decoder.norm_out.", None),
-        ("decoder.mid_block.resnets.0.", "decoder.mid.block_1.", _LDM_VAE_RESNET),
-        ("decoder.mid_block.resnets.1.", "decoder.mid.block_2.", _LDM_VAE_RESNET),
-        ("decoder.mid_block.attentions.0.", "decoder.mid.attn_1.", _LDM_VAE_ATTN),
-    ]
-    for i in range(n):
-        k = n - 1 - i  # LDM numbers decoder levels from the lowest resolution up
-        for j in range(v.layers_per_block + 1):
-            rows.append((f"decoder.up_blocks.{i}.resnets.{j}.", f"decoder.up.{k}.block.{j}.", _LDM_VAE_RESNET))
-        if i < n - 1:
-            rows.append((f"decoder.up_blocks.{i}.upsamplers.0.conv.", f"decoder.up.{k}.upsample.conv.", None))
-    return rows
-
-
-def _apply_table(sd: dict[str, torch.Tensor], rows, reshape_attn: bool = False) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    rows = sorted(rows, key=lambda r: -len(r[0]))  # longest prefix first
-    for key, t in sd.items():
-        for src, dst, renames in rows:
-            if key.startswith(src):
-                rest = key[len(src):]
-                if renames is not None:
-                    child = next(c for c in sorted(renames, key=len, reverse=True) if rest.startswith(c + "."))
-                    rest = renames[child] + rest[len(child):]
-                    if reshape_attn and renames is _LDM_VAE_ATTN and child != "group_norm" and t.ndim == 2:
-                        t = t.reshape(*t.shape, 1, 1)
-                out[dst + rest] = t
-                break
-        else:
-            raise KeyError(f"no LDM mapping for {key}")
-    return out
-
-
 def to_ldm_state_dict(models: ReferenceModels, *, old_text_keys: bool = False,
                       extras: bool = True) -> dict[str, torch.Tensor]:
     """The reference weights in the original single-file layout (``model.diffusion_model.*`` ...).
@@ -320,17 +230,14 @@ def to_ldm_state_dict(models: ReferenceModels, *, old_text_keys: bool = False,
     extras: also add what real files carry and the loader must skip: the VAE encoder, the noise
         schedule buffers, EMA bookkeeping and the text encoder's ``position_ids``.
     """
+    from host.export.ldm import LDM_TEXT, to_ldm
+
     cfg = models.config
-    sd: dict[str, torch.Tensor] = {}
-    for k, v in _apply_table(dict(models.unet.state_dict()), _unet_module_table(cfg)).items():
-        sd["model.diffusion_model." + k] = v
     vae_all = dict(models.vae.state_dict())
-    dec = {k: v for k, v in vae_all.items() if k.startswith(("decoder.", "post_quant_conv."))}
-    for k, v in _apply_table(dec, _vae_module_table(cfg), reshape_attn=True).items():
-        sd["first_stage_model." + k] = v
-    te_prefix = "cond_stage_model.transformer." + ("" if old_text_keys else "text_model.")
-    for k, v in models.state_dicts()["text_encoder"].items():
-        sd[te_prefix + k[len("text_model."):]] = v
+    sd = to_ldm(cfg, dict(models.unet.state_dict()), vae_all, models.state_dicts()["text_encoder"])
+    te_prefix = LDM_TEXT + ("" if old_text_keys else "text_model.")
+    if old_text_keys:
+        sd = {(te_prefix + k[len(LDM_TEXT + "text_model."):] if k.startswith(LDM_TEXT) else k): v for k, v in sd.items()}
     if extras:
         for k, v in vae_all.items():
             if k.startswith(("encoder.", "quant_conv.")):

@@ -1,0 +1,1 @@
+"""Exports of built or loaded weights into other runtimes' formats."""
