@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds a phone run may take before it is stopped (default $SDPHONE_RUN_TIMEOUT or 3600)")
     p.add_argument("--out", type=Path, default=REPO / "runs", help="runs folder (default ./runs)")
+    p.add_argument("--engine", choices=("litert", "mediapipe"), default="litert",
+                   help="litert: our models (default); mediapipe: Google's MediaPipe Image Generator as a peer, "
+                        "Android only, 512x512 (weights exported by host.export.mediapipe and pushed)")
     p.add_argument("--result-json", type=Path, default=None,
                    help="also write the outcome here as JSON: the session folder, or the error's type, whether it "
                         "is worth a retry, and its message (for drivers such as host.farm)")
@@ -73,6 +76,9 @@ def _validate(args) -> None:
         raise DeployError(f"--size {args.size}: must be a positive multiple of 64")
     if args.scheduler not in SCHEDULERS:
         raise DeployError(f"--scheduler {args.scheduler!r}: unknown; choose one of {', '.join(SCHEDULERS)}")
+    if args.engine == "mediapipe" and (args.size != 512 or args.ladder or len(args.variant or ()) > 1):
+        raise DeployError("--engine mediapipe: one 512x512 run (MediaPipe's Image Generator makes 512x512 images "
+                          "with its own pipeline; our variants do not apply)")
     if args.repeats < 1 or args.warmup < 0:
         raise DeployError("--repeats must be >= 1 and --warmup >= 0")
     for v in args.variant or ():
@@ -133,6 +139,12 @@ def _deploy(args) -> Path:
     device_name = device.name
     names = ([n for n in LADDER if n != "optimized"] if args.ladder else (args.variant or ["baseline", "optimized"]))
     label = "ladder" if args.ladder else "-vs-".join(names)
+    if args.engine == "mediapipe":
+        if getattr(device, "platform", "host") != "android":
+            raise DeployError(f"--engine mediapipe: the MediaPipe Image Generator peer runs in the Android app only; "
+                              f"{device.describe()} is not an Android phone")
+        names, label = names[:1], "mediapipe"  # a request (prompt, steps, seed, repeats) for the peer
+        _set_mediapipe_engine(args, device)
     builds = []
     for name in names:
         build_args = argparse.Namespace(**{**vars(args), "variant": name, "ladder": False, "image_size": args.size,
@@ -187,6 +199,17 @@ def _new_session(device_dir: Path, name: str) -> Path:
     raise DeployError(f"{device_dir}: cannot find a free session folder name for {name}")
 
 
+def _set_mediapipe_engine(args, device) -> None:
+    from host.build.cli import default_artifacts
+    from host.build.weights import resolve
+    from host.export.mediapipe import cached_export
+
+    root = args.artifacts or default_artifacts()
+    weights = resolve(args.model, args.checkpoint, args.seed_weights, args.size, str(root / "checkpoint-index.json"))
+    folder = cached_export(weights, root, log=lambda s: print(f"  export {s}"))
+    device.set_engine("mediapipe", folder)
+
+
 def _run_variant(args, device, session: Path, manifest: dict, build_dir: Path) -> Path:
     """Prepare the run folder on the host, then run it on ``device``: for a phone push request, noise and the
     models (unchanged ones are skipped), start the app, follow its trace, pull the results back; on the host
@@ -195,7 +218,7 @@ def _run_variant(args, device, session: Path, manifest: dict, build_dir: Path) -
     from host.request import prepare_run
 
     profile = device.profile
-    name = manifest["variant"]["name"]
+    name = "mediapipe" if getattr(args, "engine", "litert") == "mediapipe" else manifest["variant"]["name"]
     run_dir = session / name
     blocks = [{"name": b["name"], "file": str(build_dir / b["file"])} for b in manifest.get("profile_blocks", [])]
     prepare_run(

@@ -14,6 +14,7 @@ older than the contract's ``version_code``), ``SDPHONE_KEEP_REMOTE=1`` (keep rem
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
 import posixpath
@@ -28,7 +29,7 @@ from typing import Any, Callable, Mapping
 
 from host.devices.base import (
     HOST_MEMORY_FILE, MODELS_MANIFEST, MODELS_STORE, NOISE_FILE, REQUEST_FILE, RESULT_FILES, STATUS_FILE, TRACE_FILE,
-    Device, LocalRun, MemoryLog, OnRecord, PushStats, TraceFollower, read_local_run,
+    Device, LocalRun, MemoryLog, ModelFile, OnRecord, PushStats, TraceFollower, read_local_run,
 )
 from host.devices.contract import AndroidContract, check_remote_path
 from host.devices.errors import (
@@ -388,6 +389,9 @@ class AndroidDevice(Device):
         self._mem: MemoryLog | None = None
         self._t_device0: str | None = None
         self._app_checked = False
+        self.engine = "litert"
+        self._mediapipe_local: Path | None = None
+        self._remote_mediapipe: str | None = None
 
     @property
     def label(self) -> str:
@@ -557,10 +561,48 @@ class AndroidDevice(Device):
 
     def push_models(self, run_dir_local: str | os.PathLike,
                     progress: Callable[[str, int], None] | None = None) -> PushStats:
+        """Push the run's models into its shared store (files the device already has are skipped); with the
+        MediaPipe engine, the MediaPipe weights folder instead (our models are not used by that engine)."""
         if self._run is None or self._run.run_dir != Path(run_dir_local):
             self.prepare(run_dir_local)
         run, store = self._run, self._remote_models
         assert run is not None and store is not None
+        if self.engine == "mediapipe":
+            files, store = self._mediapipe_files()
+            self.sh(["mkdir", "-p", store])
+            self._remote_mediapipe = store
+            return self._push(store, files, progress)
+        return self._push(store, list(run.models), progress)
+
+    def set_engine(self, engine: str, mediapipe_dir: str | os.PathLike | None = None) -> None:
+        """``litert`` (our models, the default) or ``mediapipe``: Google's MediaPipe Image Generator with the
+        weights folder ``mediapipe_dir`` (host.export.mediapipe), pushed to the app's MediaPipe folder."""
+        if engine not in ("litert", "mediapipe"):
+            raise SetupError(f"unknown engine {engine!r} (litert or mediapipe)", device=self.label)
+        if engine == "mediapipe":
+            c = self.contract
+            if not (c.engine_extra and c.engine_mediapipe and c.mediapipe_dir_extra and c.mediapipe_root):
+                raise SetupError(f"{c.path}: the runner app's contract has no MediaPipe engine "
+                                 "(extra_engine, engine_mediapipe, extra_mediapipe_model_dir, "
+                                 "device_mediapipe_model_dir)", device=self.label)
+            if mediapipe_dir is None or not Path(mediapipe_dir).is_dir():
+                raise SetupError(f"{mediapipe_dir}: no MediaPipe weights folder (python -m host.export mediapipe)",
+                                 device=self.label)
+        self.engine = engine
+        self._mediapipe_local = Path(mediapipe_dir) if mediapipe_dir is not None else None
+
+    def _mediapipe_files(self) -> tuple[list[ModelFile], str]:
+        from host.hashing import file_sha256
+
+        local = self._mediapipe_local
+        assert local is not None
+        files = [ModelFile(f.name, file_sha256(f), f, f.stat().st_size) for f in sorted(local.iterdir())
+                 if f.is_file() and not f.name.startswith(".")]
+        key = hashlib.sha256("".join(f"{m.rel}\0{m.sha256}\n" for m in files).encode()).hexdigest()[:16]
+        store = check_remote_path(posixpath.join(self.contract.mediapipe_root, key), what="MediaPipe folder")
+        return files, store
+
+    def _push(self, store: str, files: list[ModelFile], progress: Callable[[str, int], None] | None) -> PushStats:
         t0 = time.monotonic()
         manifest_path = posixpath.join(store, MODELS_MANIFEST)
         try:
@@ -570,7 +612,7 @@ class AndroidDevice(Device):
         stats = PushStats()
         todo = []
         adopted = False
-        for m in run.models:
+        for m in files:
             remote = posixpath.join(store, m.rel)
             size = self._size(remote)
             known = manifest.get(m.rel) or {}
@@ -649,6 +691,11 @@ class AndroidDevice(Device):
         self._mem = MemoryLog(self._run.run_dir / HOST_MEMORY_FILE, "dumpsys_meminfo")
         argv = ["am", "start", "-S", "-W", "-n", self.contract.component,
                 "--es", self.contract.intent_extra, self._remote_run]
+        if self.engine == "mediapipe":
+            if self._remote_mediapipe is None:
+                raise SetupError("MediaPipe engine: push_models() first (the weights folder)", device=self.label)
+            argv += ["--es", self.contract.engine_extra, self.contract.engine_mediapipe,
+                     "--es", self.contract.mediapipe_dir_extra, self._remote_mediapipe]
         r = self.sh(argv, check=False, timeout=60)
         text = (r.output + "\n" + r.stderr).strip()
         if r.returncode != 0 or re.search(r"^Error", text, re.M):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +116,10 @@ class AndroidContract:
     apk: Path | None          # default APK to install (relative paths are relative to the contract file)
     models_root: str | None = None     # absolute folder for model stores shared by runs (else <run_root>/_models)
     finished_marker: str | None = None  # first word of the app's last log line of a run ("RUN_FINISHED")
+    engine_extra: str | None = None     # string extra choosing the engine ("engine"), and its MediaPipe value
+    engine_mediapipe: str | None = None
+    mediapipe_dir_extra: str | None = None  # string extra with the MediaPipe weights folder
+    mediapipe_root: str | None = None   # on-device folder holding MediaPipe weight folders (one per export)
     path: str = ""
 
     @property
@@ -148,6 +153,9 @@ def load_android_contract(path: str | os.PathLike | None = None, env: Mapping[st
     models_root = None
     if _find(r.data, ("device_models_root", "models_root")) is not None:
         models_root = r.remote_path(("device_models_root", "models_root"), absolute=True)
+    mediapipe_root = None
+    if _find(r.data, ("device_mediapipe_model_dir",)) is not None:
+        mediapipe_root = posixpath.dirname(r.remote_path(("device_mediapipe_model_dir",), absolute=True))
     return AndroidContract(
         package=package, activity=activity,
         intent_extra=r.get(("extra_run_dir", "intent_extra", "intent_extra_key", "run_dir_extra"), KEY_RE),
@@ -156,7 +164,10 @@ def load_android_contract(path: str | os.PathLike | None = None, env: Mapping[st
         version_code=r.get(("version_code", "min_version_code"), kind=int, required=False),
         apk=apk, models_root=models_root,
         finished_marker=r.get(("log_finished_marker", "finished_marker"), KEY_RE, required=False),
-        path=str(p))
+        engine_extra=r.get(("extra_engine",), KEY_RE, required=False),
+        engine_mediapipe=r.get(("engine_mediapipe",), KEY_RE, required=False),
+        mediapipe_dir_extra=r.get(("extra_mediapipe_model_dir",), KEY_RE, required=False),
+        mediapipe_root=mediapipe_root, path=str(p))
 
 
 def load_ios_contract(path: str | os.PathLike | None = None, env: Mapping[str, str] = os.environ) -> IosContract:

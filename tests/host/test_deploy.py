@@ -54,6 +54,8 @@ def test_main_job_leaves_a_complete_run_folder(deployed):
     (["--scheduler", "plms"], "plms"),
     (["--steps", "0"], "--steps"),
     (["--size", "100"], "--size 100"),
+    (["--engine", "mediapipe"], "--engine mediapipe"),
+    (["--engine", "mediapipe", "--size", "512"], "--engine mediapipe: the MediaPipe Image Generator peer runs"),
     (["--checkpoint", "/nope/model.safetensors"], "/nope/model.safetensors"),
 ])
 def test_bad_input_is_one_line(extra, culprit, tmp_path, artifact_root, capsys):

@@ -338,3 +338,50 @@ def test_parsers():
     assert parse_meminfo("No process found for: x") == (None, None)
     assert parse_meminfo("  TOTAL PSS:   10   TOTAL RSS:   20   TOTAL SWAP PSS: 0") == (10240, 20480)
     assert parse_meminfo("** MEMINFO **\n         TOTAL    12345    100\n") == (12345 * 1024, None)
+
+
+def test_mediapipe_engine_pushes_its_weights_once_and_starts_the_peer(contracts, run_factory, tmp_path):
+    """``host.deploy --engine mediapipe``: the exported MediaPipe folder goes to the app's MediaPipe store (our
+    models stay on the host), unchanged files are skipped, and the app is started with the engine extras."""
+    contract = json.loads(open(contracts["SDPHONE_ANDROID_CONTRACT"]).read())
+    mp_root = f"/sdcard/Android/data/{PACKAGE}/files/mediapipe"
+    contract.update({"extra_engine": "engine", "engine_mediapipe": "mediapipe",
+                     "extra_mediapipe_model_dir": "mediapipe_model_dir",
+                     "device_mediapipe_model_dir": f"{mp_root}/bins"})
+    path = tmp_path / "mp_contract.json"
+    path.write_text(json.dumps(contract))
+    weights = tmp_path / "bins"
+    weights.mkdir()
+    for i in range(3):
+        (weights / f"model.diffusion_model.out.{i}.weight.bin").write_bytes(bytes([i]) * (100 + i))
+    (weights / "bpe_simple_vocab_16e6.txt").write_text("#version: 0.2\na b\n")
+    (weights / ".sdphone-mediapipe.json").write_text("{}")  # the exporter's own note is not pushed
+    phone = FakePhone("R5CT123")
+    with FakeAdbServer([phone]) as srv:
+        dev = _device(srv, {**contracts, "SDPHONE_ANDROID_CONTRACT": str(path)})
+        with pytest.raises(SetupError, match="no MediaPipe weights folder"):
+            dev.set_engine("mediapipe", tmp_path / "missing")
+        dev.set_engine("mediapipe", weights)
+        run = run_factory()
+        dev.prepare(run)
+        first = dev.push_models(run)
+        assert (first.pushed_files, first.pushed_bytes) == (4, 100 + 101 + 102 + len("#version: 0.2\na b\n"))
+        store = dev._remote_mediapipe
+        assert store.startswith(mp_root + "/") and f"{store}/bpe_simple_vocab_16e6.txt" in phone.files
+        assert not any(f.endswith(".tflite") for f in phone.files)  # our models were not pushed
+        dev.start(run)
+        am = next(c for _, c in srv.shell_commands if c.startswith("am start"))
+        assert shlex.split(am)[-6:] == ["--es", "engine", "mediapipe", "--es", "mediapipe_model_dir", store]
+        dev.wait(10)
+        dev.cleanup()
+        dev.prepare(run)
+        again = dev.push_models(run)
+        assert (again.pushed_files, again.skipped_files) == (0, 4)
+
+
+def test_mediapipe_engine_needs_a_contract_that_has_it(contracts, tmp_path):
+    phone = FakePhone("R5CT123")
+    with FakeAdbServer([phone]) as srv:
+        dev = _device(srv, contracts)
+        with pytest.raises(SetupError, match="no MediaPipe engine"):
+            dev.set_engine("mediapipe", tmp_path)
