@@ -1,0 +1,39 @@
+"""``python -m host.bench runtime`` on a tiny model, and the CompiledModel wrapper it measures."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from host.bench import runtime
+from host.runtime import CompiledLiteRtModel, LiteRtModel
+
+
+def test_compiled_model_matches_the_interpreter(tiny_builds, tmp_path):
+    _, build = tiny_builds.get("baseline")
+    path = str(build / "unet.tflite")
+    a = LiteRtModel(path)
+    cache = tmp_path / "unet.xnnpack_cache"
+    b = CompiledLiteRtModel(path, weight_cache=str(cache))
+    assert a.signature == b.signature and a.outputs == {k: (tuple(int(x) for x in s), d) for k, (s, d) in b.outputs.items()}
+    rng = np.random.default_rng(1)
+    feed = {n: rng.standard_normal(s).astype(d) for n, (s, d) in b.inputs.items()}
+    out = next(iter(a.outputs))
+    np.testing.assert_allclose(b.run(**feed)[out], a.run(**feed)[out], rtol=1e-5, atol=1e-6)
+    assert cache.is_file() and cache.stat().st_size > 0  # the packed weights went to the cache file
+    c = CompiledLiteRtModel(path, weight_cache=str(cache))  # the second load maps them
+    np.testing.assert_allclose(c.run(**feed)[out], a.run(**feed)[out], rtol=1e-5, atol=1e-6)
+
+
+def test_runtime_benchmark_prints_and_saves_every_config(tiny_builds, tmp_path, capsys):
+    _, build = tiny_builds.get("baseline")
+    out = tmp_path / "rt.json"
+    assert runtime.main(["--file", str(build / "unet.tflite"), "--invokes", "2", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    labels = [r["config"] for r in doc["results"]]
+    assert labels == ["interpreter", "compiled", "compiled-cache (cold)", "compiled-cache (warm)"]
+    for r in doc["results"]:
+        assert len(r["invoke_s"]) == 2 and r["peak_rss_bytes"] > 0 and r["rel_err_vs_interpreter"] <= 1e-5
+    assert doc["results"][3]["cache_bytes"] > 0
+    text = capsys.readouterr().out
+    assert "peak RSS / file" in text and "compiled-cache (warm)" in text
