@@ -4,7 +4,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-BENCHES = {"build": "host.bench.build", "pipeline": "host.bench.pipeline"}
+BENCHES = {"build": "host.bench.build", "pipeline": "host.bench.pipeline", "runtime": "host.bench.runtime"}
 
 
 def main(argv=None) -> int:
