@@ -132,9 +132,12 @@ def _write_result(path: Path, outcome: dict) -> None:
 
 
 def _deploy(args) -> Path:
-    from host.build.cli import run_builds
+    from host.build.cli import default_artifacts, run_builds
+    from host.runtime import CACHE_ENV
 
     _validate(args)
+    # XNNPACK weight caches of the host runner live in the artifact store, next to the models they pack
+    os.environ.setdefault(CACHE_ENV, str((args.artifacts or default_artifacts()) / "xnnpack-cache"))
     device = resolve_device(args.device)  # before any build: a missing phone fails fast
     device_name = device.name
     names = ([n for n in LADDER if n != "optimized"] if args.ladder else (args.variant or ["baseline", "optimized"]))

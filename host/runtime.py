@@ -44,6 +44,52 @@ class LiteRtModel:
         return {k: np.array(v) for k, v in self._runner(**feed).items()}
 
 
+def check_flatbuffer(path: str) -> None:
+    """Walk the .tflite's structure without reading its weights (milliseconds, even at 3.4 GB): the file
+    identifier, every buffer's extent (inline or at an offset past the flatbuffer) within the file, every
+    tensor's buffer and every operator's opcode index in range. CompiledModel crashes the process on a
+    truncated file where the Interpreter raises, so files go through this first."""
+    import mmap
+    import struct
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 16:
+                raise ValueError(f"{size} bytes")
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                if bytes(mm[4:8]) != b"TFL3":
+                    raise ValueError("no TFL3 file identifier")
+                model = schema.Model.GetRootAs(mm, 0)
+                n_buffers, n_codes = model.BuffersLength(), model.OperatorCodesLength()
+                for i in range(n_buffers):
+                    b = model.Buffers(i)
+                    if b is None:
+                        continue
+                    if b.Offset() > 1:
+                        end = b.Offset() + b.Size()
+                    else:
+                        o = b._tab.Offset(4)
+                        end = b._tab.Vector(o) + b.DataLength() if o else 0
+                    if end > size:
+                        raise ValueError(f"buffer {i} ends at byte {end}, past the end of the file ({size})")
+                for g in range(model.SubgraphsLength()):
+                    sg = model.Subgraphs(g)
+                    for t in range(sg.TensorsLength()):
+                        if sg.Tensors(t).Buffer() >= max(n_buffers, 1):
+                            raise ValueError(f"tensor {t} refers to buffer {sg.Tensors(t).Buffer()} of {n_buffers}")
+                    for k in range(sg.OperatorsLength()):
+                        if sg.Operators(k).OpcodeIndex() >= n_codes:
+                            raise ValueError(f"operator {k} has opcode index {sg.Operators(k).OpcodeIndex()}")
+            finally:
+                mm.close()
+    except (ValueError, IndexError, struct.error, TypeError, AttributeError) as e:
+        raise ModelLoadError(f"{path}: not a loadable LiteRT model (corrupt or truncated flatbuffer: {e})") from None
+
+
 class CompiledLiteRtModel:
     """The same surface as :class:`LiteRtModel` over LiteRT's ``CompiledModel`` API on the CPU accelerator
     (XNNPACK), the API the Android app uses. ``weight_cache``: a file for XNNPACK's weight cache; the first
@@ -56,6 +102,7 @@ class CompiledLiteRtModel:
         if not os.path.isfile(path):
             raise ModelLoadError(f"{path}: model file not found")
         t0 = time.perf_counter()
+        check_flatbuffer(path)
         cpu = CpuOptions(num_threads=threads, xnnpack_weight_cache_path=weight_cache or "")
         try:
             self._model = CompiledModel.from_file(path, options=Options(HardwareAccelerator.CPU, cpu_options=cpu))
@@ -84,3 +131,74 @@ class CompiledLiteRtModel:
         self._model.run_by_index(0, self._in_buffers, self._out_buffers)
         return {name: np.asarray(buf.read(int(np.prod(shape)), np.dtype(dtype))).reshape(shape)
                 for buf, (name, (shape, dtype)) in zip(self._out_buffers, self.outputs.items())}
+
+
+RUNTIME_ENV = "SDPHONE_HOST_RUNTIME"   # "interpreter" or "compiled" (CompiledModel with XNNPACK's weight cache)
+CACHE_ENV = "SDPHONE_XNNPACK_CACHE"    # folder for XNNPACK weight cache files; "off" disables the cache
+RUNTIMES = ("interpreter", "compiled")
+DEFAULT_RUNTIME = "compiled"  # measured: host.bench runtime (README, "Speed")
+
+
+def runtime_choice(env=os.environ) -> str:
+    choice = env.get(RUNTIME_ENV) or DEFAULT_RUNTIME
+    if choice not in RUNTIMES:
+        raise HarnessError(f"{RUNTIME_ENV}={choice!r}: choose one of {', '.join(RUNTIMES)}")
+    return choice
+
+
+def cache_dir(env=os.environ) -> str | None:
+    """Where XNNPACK weight caches live (default ``$XDG_CACHE_HOME/sdphone/xnnpack``); None when off."""
+    d = env.get(CACHE_ENV)
+    if d == "off":
+        return None
+    return d or os.path.join(env.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sdphone", "xnnpack")
+
+
+def model_class(env=os.environ) -> type:
+    """The class :func:`open_model` makes on this configuration."""
+    return LiteRtModel if runtime_choice(env) == "interpreter" else CompiledLiteRtModel
+
+
+def delegate_label(env=os.environ) -> str:
+    """What the meta record calls the host's CPU path."""
+    if runtime_choice(env) == "interpreter":
+        return "xnnpack"
+    return "xnnpack (CompiledModel" + (", weight cache)" if cache_dir(env) else ")")
+
+
+def open_model(path: str, threads: int = 2, sha256: str | None = None, env=os.environ):
+    """The model on the configured host runtime: :class:`LiteRtModel` or :class:`CompiledLiteRtModel` (with a
+    weight cache file named after the model's sha256 and the runtime version, made under a lock so that
+    concurrent runners never write the same cache at once)."""
+    if runtime_choice(env) == "interpreter":
+        return LiteRtModel(path, threads=threads)
+    folder = cache_dir(env)
+    if folder is None:
+        return CompiledLiteRtModel(path, threads=threads)
+    import fcntl
+    from importlib.metadata import version
+
+    from host.hashing import file_sha256
+
+    os.makedirs(folder, exist_ok=True)
+    key = (sha256 or file_sha256(path))[:32]
+    cache = os.path.join(folder, f"{key}-litert{version('ai-edge-litert')}.xnnpack_cache")
+    if os.path.isfile(cache):
+        return CompiledLiteRtModel(path, threads=threads, weight_cache=cache)
+    with open(cache + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process packs and writes; the others then map its file
+        try:
+            if os.path.isfile(cache):  # made while we waited
+                return CompiledLiteRtModel(path, threads=threads, weight_cache=cache)
+            # XNNPACK packs the weights and writes the cache while the model is created; written under a
+            # temporary name and renamed once complete, so a killed run never leaves a torn cache behind
+            tmp = f"{cache}.{os.getpid()}.tmp"
+            try:
+                model = CompiledLiteRtModel(path, threads=threads, weight_cache=tmp)
+                os.replace(tmp, cache)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            return model
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

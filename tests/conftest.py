@@ -6,6 +6,7 @@ temporary root); a change to the model code or the tools changes the keys and fo
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("SDPHONE_ADB_AUTOSTART", "0")  # tests never start a real adb server
+# XNNPACK weight caches of the tiny models: beside pytest's temporary folders, never in the user's cache
+os.environ.setdefault("SDPHONE_XNNPACK_CACHE", os.path.join(tempfile.gettempdir(), "sdphone-test-xnnpack-cache"))
 
 
 def pytest_addoption(parser):

@@ -19,7 +19,7 @@ system that fails is reported with its one-line error and the others go on.
   + ``host.runner.run``; timings from the run's trace.jsonl, peak RSS from its memory records.
 * litert-example: litert-torch's example modules, every tensor initialised from seeded generators
   (host/bench/refs.py), converted as its convert_to_tflite.py does, run with the same LiteRT/XNNPACK
-  interpreter settings as our runner. Its text encoder takes batch 1 (called twice, cond and uncond,
+  runtime as our runner (host.runtime.open_model). Its text encoder takes batch 1 (called twice, cond and uncond,
   as its pipeline.py does: the text-encoder time is both calls), its UNet a [1, C0] time embedding.
 * torch-eager: diffusers UNet2DConditionModel / AutoencoderKL.decode / transformers CLIPTextModel, fp32,
   torch.inference_mode, no autocast, torch threads = --threads.
@@ -214,8 +214,11 @@ def _spawn(phase: str, system: str, spec: dict, sdir: Path, timeout: float | Non
     spec_path = sdir / f"{phase}.spec.json"
     spec_path.write_text(json.dumps(spec, indent=2, default=_json_default))
     log_path = sdir / f"{phase}.log"
+    from host.runtime import CACHE_ENV
+
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+           CACHE_ENV: os.environ.get(CACHE_ENV) or str(Path(spec["artifacts"]) / "xnnpack-cache")}
     cmd = [sys.executable, "-m", "host.bench.pipeline", "--child", phase, system, str(spec_path)]
     tail: list[str] = []
     try:
@@ -530,6 +533,7 @@ def _run_ours(system: str, spec: dict, sdir: Path) -> dict:
 
     from host.request import prepare_run
     from host.runner import run
+    from host.runtime import delegate_label
     from host.traces.tables import load_run
 
     _maybe_fail(system)
@@ -574,7 +578,7 @@ def _run_ours(system: str, spec: dict, sdir: Path) -> dict:
     return {"samples": samples, "warmup_samples": warm,
             "peak_rss_bytes": int(peaks.max()) if len(peaks) else _vmhwm(),
             "max_sampled_rss_bytes": int(mem["rss_bytes"].dropna().max()) if len(mem) else None,
-            "info": {"run_dir": str(run_dir), "runtime": "ai-edge-litert Interpreter, XNNPACK, host.runner",
+            "info": {"run_dir": str(run_dir), "runtime": f"ai-edge-litert, {delegate_label()}, host.runner",
                      "torch_imported": "torch" in sys.modules,
                      "load_seconds": [[c, float(d)] for c, d in zip(loads["component"], loads["dur_s"])],
                      "image_shape": list(image.shape)}}
@@ -684,14 +688,15 @@ def _run_litert_example(system: str, spec: dict, sdir: Path) -> dict:
     import numpy as np
 
     from host.bench.refs import LITERT_EXAMPLE_FILES
-    from host.runtime import LiteRtModel
+    from host.runtime import delegate_label, open_model
 
     _maybe_fail(system)
     folder = Path(spec["prepared"]["info"]["folder"])
     meta = spec["prepared"]["info"]["meta"]
     dims = meta["dims"]  # from the conversion: this process imports neither torch nor litert-torch
     inp = _inputs(spec, dims["vocab_size"], dims["seq_len"], dims["t_emb_dim"], meta["latent"])
-    models = {c: LiteRtModel(str(folder / f), threads=spec["threads"]) for c, f in LITERT_EXAMPLE_FILES.items()}
+    # the same host runtime as ours (host.runtime.open_model: CompiledModel + XNNPACK weight cache by default)
+    models = {c: open_model(str(folder / f), threads=spec["threads"]) for c, f in LITERT_EXAMPLE_FILES.items()}
     names = {c: sorted(m.inputs) for c, m in models.items()}  # args_0, args_1, ... in the traced order
     outs = {c: next(iter(m.outputs)) for c, m in models.items()}
     te, un, de = models["text_encoder"], models["unet"], models["vae_decoder"]
@@ -713,14 +718,14 @@ def _run_litert_example(system: str, spec: dict, sdir: Path) -> dict:
 
     samples, warm, image = generate_loop(system, encode, unet, decode, inp, spec["steps"], spec["warmup"], spec["repeats"])
     np.save(sdir / "image.npy", image)
-    note = ("litert-torch's example models (seeded init, device_type cpu), same LiteRT/XNNPACK interpreter; text encoder "
+    note = ("litert-torch's example models (seeded init, device_type cpu), same LiteRT runtime as ours; text encoder "
             "= two batch-1 calls (cond, uncond), UNet t_emb [1, C0]")
     if meta["configs"].get("patches"):
         note += "; config patched: " + "; ".join(meta["configs"]["patches"])
     if tuple(image.shape[-2:]) != (spec["size"], spec["size"]):
         note += f"; its decoder outputs {image.shape[-2]}x{image.shape[-1]}, not {spec['size']}x{spec['size']}"
     return {"samples": samples, "warmup_samples": warm, "peak_rss_bytes": _vmhwm(),
-            "info": {"folder": str(folder), "runtime": "ai-edge-litert Interpreter, XNNPACK (host.runtime.LiteRtModel)",
+            "info": {"folder": str(folder), "runtime": f"ai-edge-litert, {delegate_label()} (host.runtime.open_model)",
                      "torch_imported": "torch" in sys.modules,
                      "signatures": {c: {"inputs": m.inputs, "outputs": m.outputs} for c, m in models.items()},
                      "image_shape": list(image.shape), "parameters": {c: v["parameters"] for c, v in meta["components"].items()},

@@ -10,7 +10,7 @@ import numpy as np
 from host.errors import HarnessError
 from host.protocol.messages import BlockModelSpec, ModelSpec, RunRequest
 from host.runner.tracing import Tracer
-from host.runtime import LiteRtModel
+from host.runtime import LiteRtModel, open_model
 from host.hashing import file_sha256
 
 
@@ -57,7 +57,7 @@ def load_model(path: Path, spec: ModelSpec | BlockModelSpec, component: str, thr
     for phase in phases:
         model = None  # release the previous instance before loading the next
         with tracer.span("load", "load", component=component, args={"phase": phase, "file": spec.file}):
-            model = LiteRtModel(str(path), threads=threads)
+            model = open_model(str(path), threads=threads, sha256=spec.sha256)
     assert model is not None
     check_signature(model, spec, path)
     # The first invocation packs the weights for the CPU kernels (tens of seconds for the full UNet):

@@ -22,10 +22,10 @@ from host.runner.loading import RunnerError, load_inputs, load_model, models_dir
 from host.runner.memory import MemorySampler
 from host.runner.pipeline import Generation, Models, generate, profile_blocks, to_uint8_hwc, unet_feed
 from host.runner.tracing import Clock, Tracer
+from host.runtime import delegate_label
 
 RUNNER = "python-host"
 RUNNER_VERSION = "1.0"
-DELEGATE = "xnnpack"
 
 
 def _one_line(e: BaseException) -> str:
@@ -73,7 +73,7 @@ class _Run:
         self.tracer.write(MetaRecord(
             t=self.tracer.now(), run_id=run_id, runner=RUNNER, runner_version=runner_version(), device=device_info(),
             runtime={"accelerator": accelerator, "precision": rt.get("precision"), "threads": rt.get("threads"),
-                     "delegate": DELEGATE if accelerator == "cpu" else None}))
+                     "delegate": delegate_label() if accelerator == "cpu" else None}))
         self.meta_written = True
 
     @property

@@ -15,6 +15,7 @@ from host.runner import main, run
 from host.runner.loading import load_inputs, load_model
 from host.runner.pipeline import Models, generate, to_uint8_hwc
 from host.runner.tracing import Clock, Tracer
+from host.runtime import delegate_label
 from host.protocol.trace import TraceWriter
 from host.schedulers import sample
 
@@ -37,7 +38,8 @@ def test_run_writes_trace_image_and_status(done_run):
     records = read_trace(run_dir / TRACE_FILE)
     meta = records[0]
     assert meta.TYPE == "meta" and meta.runner == "python-host" and meta.run_id == "test_run"
-    assert meta.runtime == {"accelerator": "cpu", "precision": "fp32", "threads": 2, "delegate": "xnnpack"}
+    assert meta.runtime == {"accelerator": "cpu", "precision": "fp32", "threads": 2, "delegate": delegate_label()}
+    assert meta.runtime["delegate"].startswith("xnnpack")
     spans = [r for r in records if r.TYPE == "span"]
     loads = [(s.component, s.args["phase"]) for s in spans if s.cat == "load"]
     assert loads[:9] == [(c, p) for c in ("text_encoder", "unet", "vae_decoder")

@@ -10,7 +10,7 @@ from host.protocol import REQUEST_FILE, STATUS_FILE, TRACE_FILE, Status, read_tr
 from host.protocol.jsonio import read_json
 from host.request import file_sha256
 from host.runner import RunnerError, run
-from host.runtime import LiteRtModel
+from host.runtime import model_class
 
 
 def _fail(run_dir, match: str) -> tuple[HarnessError, list, Status]:
@@ -93,7 +93,8 @@ def test_unsupported_accelerator(make_run):
 
 def test_crash_mid_run_keeps_the_steps_done(make_run, monkeypatch):
     run_dir = make_run(steps=4, runtime={"warmup": 0, "repeats": 1})
-    original = LiteRtModel.run
+    cls = model_class()
+    original = cls.run
     calls = {"unet": 0}
 
     def flaky(self, **inputs):
@@ -103,7 +104,7 @@ def test_crash_mid_run_keeps_the_steps_done(make_run, monkeypatch):
             calls["unet"] += 1
         return original(self, **inputs)
 
-    monkeypatch.setattr(LiteRtModel, "run", flaky)
+    monkeypatch.setattr(cls, "run", flaky)
     err, records, _ = _fail(run_dir, "RuntimeError: injected failure at step 2")
     assert isinstance(err, RunnerError) and isinstance(err.__cause__, RuntimeError)
     steps = [r.step for r in records if r.TYPE == "span" and r.name == "unet_step"]

@@ -19,17 +19,18 @@ def _plant() -> None:
 
     import host.runtime
 
-    real_run = host.runtime.LiteRtModel.run
+    def planted(real_run):
+        def run(self, **inputs):
+            if os.path.basename(str(self.path)) == "unet.tflite":
+                if fault == "crash":
+                    os.abort()
+                if fault.startswith("slow:"):
+                    time.sleep(float(fault[5:]) / 1e3)
+            return real_run(self, **inputs)
+        return run
 
-    def run(self, **inputs):
-        if os.path.basename(str(self.path)) == "unet.tflite":
-            if fault == "crash":
-                os.abort()
-            if fault.startswith("slow:"):
-                time.sleep(float(fault[5:]) / 1e3)
-        return real_run(self, **inputs)
-
-    host.runtime.LiteRtModel.run = run
+    for cls in (host.runtime.LiteRtModel, host.runtime.CompiledLiteRtModel):
+        cls.run = planted(cls.run)
 
 
 _plant()
