@@ -161,9 +161,12 @@ def _deploy(args) -> Path:
     link_latest(device_dir, session)
     print(f"run folder: {session}")
 
-    runs = []
+    runs, pushes = [], {}
+    t_deploy = time.perf_counter()
     for manifest, build_dir, cached in builds:
         runs.append(_run_variant(args, device, session, manifest, build_dir))
+        if getattr(device, "platform", "host") != "host" and device.last_push is not None:
+            pushes[runs[-1].name] = device.last_push.to_dict()
 
     from host.report import render_report, terminal_summary
     from host.traces.perfetto import chrome_trace, merge_traces
@@ -180,13 +183,28 @@ def _deploy(args) -> Path:
         bench = latest_bench(args.out, args.model, args.size, args.steps)
     report = render_report(session, session / "report.html", profile=device_name, bench=bench)
     summary = terminal_summary(session)
+    if pushes:
+        summary += "\n" + push_summary(pushes)
     (session / "summary.txt").write_text(summary + "\n")
     (session / "deploy.json").write_text(json.dumps({
         "device": device_name, "argv": sys.argv[1:], "variants": names,
-        "runs": [str(r.relative_to(session)) for r in runs], "report": report.name}, indent=2))
+        "runs": [str(r.relative_to(session)) for r in runs], "report": report.name,
+        "push": pushes or None, "deploy_seconds": round(time.perf_counter() - t_deploy, 3)}, indent=2))
     print(summary)
     print(f"report: {report}")
     return session
+
+
+def push_summary(pushes: dict[str, dict]) -> str:
+    """What a deploy moved to the phone, per run (unchanged files are skipped), and the totals."""
+    mib = 1 << 20
+    lines = [f"push {name}: {p['pushed_bytes'] / mib:.1f} MiB in {p['pushed_files']} file(s), "
+             f"{p['skipped_bytes'] / mib:.1f} MiB in {p['skipped_files']} unchanged file(s) skipped, "
+             f"{p['seconds']:.1f} s" for name, p in pushes.items()]
+    if len(pushes) > 1:
+        total = sum(p["pushed_bytes"] for p in pushes.values())
+        lines.append(f"pushed {total / mib:.1f} MiB in all, {sum(p['seconds'] for p in pushes.values()):.1f} s")
+    return "\n".join(lines)
 
 
 def _new_session(device_dir: Path, name: str) -> Path:

@@ -102,3 +102,15 @@ def test_run_variant_on_a_phone(contracts, tmp_path, capsys):
         assert json.loads((session3 / "baseline" / "status.json").read_text())["state"] == "error"
     for _, cmd in srv.shell_commands:
         assert "reboot" not in cmd and "$(" not in cmd
+
+
+def test_push_summary_reports_bytes_and_time_per_run():
+    from host.devices.base import PushStats
+
+    first = PushStats(pushed_files=3, pushed_bytes=3 << 20, seconds=2.5).to_dict()
+    again = PushStats(skipped_files=3, skipped_bytes=3 << 20, seconds=0.4).to_dict()
+    text = deploy.push_summary({"baseline": first, "optimized": again})
+    assert text.splitlines() == [
+        "push baseline: 3.0 MiB in 3 file(s), 0.0 MiB in 0 unchanged file(s) skipped, 2.5 s",
+        "push optimized: 0.0 MiB in 0 file(s), 3.0 MiB in 3 unchanged file(s) skipped, 0.4 s",
+        "pushed 3.0 MiB in all, 2.9 s"]
