@@ -76,7 +76,19 @@ class Night:
     log: Callable[[str], None] = print
     references: dict[str, Path] = field(default_factory=dict)     # variant -> reference run folder
     build_keys: dict[str, str] = field(default_factory=dict)
+    live: set = field(default_factory=set)   # deploy subprocesses running now (killed with the farm)
+    stopping: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def kill_children(self) -> None:
+        self.stopping = True  # no new attempts, no retries
+        with self._lock:
+            procs = list(self.live)
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     @property
     def night_dir(self) -> Path:
@@ -159,6 +171,8 @@ class Night:
         attempts: list[Attempt] = []
         for variant in self.cfg.variants:
             for n in range(1, self.cfg.retries + 2):
+                if self.stopping:
+                    return attempts
                 try:
                     a = self.attempt(device, variant, n)
                 except Exception as e:  # noqa: BLE001 - a bug here must not stop the other workers
@@ -193,6 +207,10 @@ class Night:
         with open(log_path, "wb") as logf:
             proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=REPO,
                                     start_new_session=True)
+            with self._lock:
+                self.live.add(proc)
+            if self.stopping:  # stopped while this one was starting
+                _kill_group(proc)
             try:
                 rc = proc.wait(timeout=self.cfg.timeout_s + KILL_GRACE_S)
             except subprocess.TimeoutExpired:
@@ -203,6 +221,9 @@ class Night:
             except BaseException:
                 _kill_group(proc)
                 raise
+            finally:
+                with self._lock:
+                    self.live.discard(proc)
         dur = time.monotonic() - t0
         outcome = _read_json(result)
         if rc == 0 and outcome.get("ok"):
@@ -291,11 +312,23 @@ def run_night(cfg: FarmConfig, night: str | None = None, *, junit: Path | None =
     log(f"farm night {night}, run {n.run_id}: {len(cfg.devices)} device(s) x {len(cfg.variants)} variant(s) x "
         f"{cfg.repeats} repeat(s); history {cfg.history}")
     n.build()
-    if cfg.reference:
-        n.make_references()
-    with ThreadPoolExecutor(max_workers=len(cfg.devices), thread_name_prefix="farm") as pool:
-        futures = {d.name: pool.submit(n.worker, d) for d in cfg.devices}
-        attempts = {name: f.result() for name, f in futures.items()}
+    previous = {}
+
+    def stop(signum, frame):  # a stopped farm takes its deploy subprocesses (own sessions) with it
+        n.kill_children()
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if cfg.reference:
+            n.make_references()
+        with ThreadPoolExecutor(max_workers=len(cfg.devices), thread_name_prefix="farm") as pool:
+            futures = {d.name: pool.submit(n.worker, d) for d in cfg.devices}
+            attempts = {name: f.result() for name, f in futures.items()}
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
     failed = [(dev, v, _last_error(a, v)) for dev, a in attempts.items() for v in cfg.variants
               if not any(x.variant == v and x.outcome == "ok" for x in a)]

@@ -203,3 +203,34 @@ def test_history_survives_a_run_killed_mid_write(farm, tmp_path):
     assert len(history.read(hist, "metrics")) == len(after)
     assert farm_main(["run", "--config", str(cfg), "--night", "2026-11-05", "--no-dashboard"]) in (0, 1)
     assert "2026-11-05" in set(history.read(hist, "nights")["night"])
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if text in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(d.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_a_stopped_farm_takes_its_deploy_processes_with_it(farm, tmp_path):
+    """SIGTERM (cron's or CI's timeout) stops the farm: its deploy subprocesses, in sessions of their own, are
+    killed too, and no retry starts."""
+    cfg = write_config(tmp_path, farm["artifacts"], HOSTS)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLANT), os.environ.get("PYTHONPATH", "")]),
+           "SDPHONE_TEST_PLANT": ",".join(f"w{i}=slow:2000" for i in (1, 2, 3, 4))}  # every step takes 2 s
+    proc = subprocess.Popen([sys.executable, "-m", "host.farm", "run", "--config", str(cfg), "--night", "2026-11-06",
+                             "--no-dashboard"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    out = str(tmp_path / "out" / "2026-11-06")
+    while time.monotonic() < deadline and len(_processes_mentioning(out)) < 4:
+        time.sleep(0.1)
+    assert len(_processes_mentioning(out)) >= 4, "the workers did not start"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    time.sleep(0.5)
+    assert _processes_mentioning(out) == []
