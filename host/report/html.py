@@ -354,8 +354,8 @@ def _bench(d: ReportData) -> str:
     systems = b.get("systems", {})
     speed = (b.get("ratios") or {}).get("ours_optimized_speedup", {})
     head = "".join(f"<th>{escape(h)}</th>" for h in
-                   ["system"] + [lab for _, lab in _BENCH_METRICS] + ["peak RSS", "ours-optimized faster by (step)",
-                                                                      "(generation)", "(peak RSS)"])
+                   ["system"] + [lab for _, lab in _BENCH_METRICS] + ["peak RSS", "step ÷ ours-optimized",
+                                                                      "generation ÷ ours-optimized", "peak RSS ÷ ours-optimized"])
     rows = []
     for name, r in systems.items():
         if r.get("status") != "ok":
