@@ -116,19 +116,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         if args.result_json is not None:
-            _write_result(args.result_json, outcome)
+            from host.protocol.jsonio import write_json
+
+            args.result_json.parent.mkdir(parents=True, exist_ok=True)
+            write_json(args.result_json, outcome)
 
 
 def _error_info(e: BaseException, message: str) -> dict:
     kind = type(e).__name__
     return {"type": kind, "transient": kind in TRANSIENT_ERRORS, "message": message}
 
-
-def _write_result(path: Path, outcome: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(outcome, indent=2))
-    os.replace(tmp, path)
 
 
 def _deploy(args) -> Path:

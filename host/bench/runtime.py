@@ -50,16 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _vmhwm() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def _rss_split() -> dict[str, int]:
     """Resident anonymous / file-backed bytes now (/proc/self/status RssAnon, RssFile)."""
     out = {}
@@ -86,28 +76,19 @@ def _inputs(details: dict[str, tuple[tuple[int, ...], str]]):
 def child(config: str, path: str, threads: int, invokes: int, cache: str | None, out_npy: str) -> dict[str, Any]:
     import numpy as np
 
+    from host.runner.memory import read_proc_status
+
     clock = time.perf_counter
     t0 = clock()
-    if config == "interpreter":
-        from host.runtime import LiteRtModel
+    from host.runtime import CompiledLiteRtModel, LiteRtModel
 
-        m = LiteRtModel(path, threads=threads)
-        details = m.inputs
-        feed = _inputs(details)
-        out_name = next(iter(m.outputs))
+    m = (LiteRtModel(path, threads=threads) if config == "interpreter"
+         else CompiledLiteRtModel(path, threads=threads, weight_cache=cache))
+    feed = _inputs(m.inputs)
+    out_name = next(iter(m.outputs))
 
-        def run():
-            return m.run(**feed)[out_name]
-    else:
-        from host.runtime import CompiledLiteRtModel
-
-        m = CompiledLiteRtModel(path, threads=threads, weight_cache=cache)
-        details = m.inputs
-        feed = _inputs(details)
-        out_name = next(iter(m.outputs))
-
-        def run():
-            return m.run(**feed)[out_name]
+    def run():
+        return m.run(**feed)[out_name]
     load = clock() - t0
     rss_loaded = _rss_split()
     t0 = clock()
@@ -122,7 +103,7 @@ def child(config: str, path: str, threads: int, invokes: int, cache: str | None,
         raise RuntimeError(f"{config}: non-finite output")
     np.save(out_npy, y)
     return {"config": config, "load_s": load, "first_invoke_s": first, "invoke_s": times,
-            "median_s": statistics.median(times), "peak_rss_bytes": _vmhwm(), "rss_after_load": rss_loaded,
+            "median_s": statistics.median(times), "peak_rss_bytes": (read_proc_status() or (0, None))[1], "rss_after_load": rss_loaded,
             "rss_end": _rss_split()}
 
 

@@ -146,8 +146,11 @@ def export_key(weights, vocab_source: str, vocab: str) -> str:
 def export(weights, out: str | os.PathLike, *, vocab: str | os.PathLike | None = None,
            log: Callable[[str], None] = print) -> Path:
     """Write the MediaPipe folder to ``out`` (atomically: a sibling temp folder renamed into place)."""
-    out = Path(out)
-    text, source = vocab_text(vocab, weights.path if weights.kind == "checkpoint" else None)
+    return _write(weights, Path(out), *vocab_text(vocab, weights.path if weights.kind == "checkpoint" else None),
+                  log=log)
+
+
+def _write(weights, out: Path, text: str, source: str, log: Callable[[str], None]) -> Path:
     if source == "synthetic":
         log(f"WARNING: {SYNTHETIC_VOCAB_WARNING}")
     tensors = ldm_tensors(weights)
@@ -186,7 +189,7 @@ def cached_export(weights, root: str | os.PathLike, *, vocab: str | os.PathLike 
     folder = Path(root) / "mediapipe" / export_key(weights, source, text)
     if (folder / MANIFEST).is_file():
         return folder
-    return export(weights, folder, vocab=vocab, log=log)
+    return _write(weights, folder, text, source, log=log)
 
 
 def read_bin(path: str | os.PathLike) -> np.ndarray:

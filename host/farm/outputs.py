@@ -11,6 +11,7 @@ import pandas as pd
 from host.farm.config import Thresholds
 from host.farm.metrics import HEADLINE, METRICS
 from host.farm.verdict import overall, top_movers
+from host.report.html import text_table
 
 _MARK = {"regressed": "REGRESSED", "improved": "improved", "unchanged": "ok", "new": "new", "missing": "MISSING",
          "failed": "FAILED"}
@@ -43,14 +44,6 @@ def fmt_change(row: Mapping[str, Any]) -> str:
     return f"{c:+.1f} dB" if row.get("unit") == "dB" else f"{c * 100:+.1f}%"
 
 
-def _text_table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines)
-
-
 def terminal(table: pd.DataFrame, th: Thresholds, night: str, run_id: str) -> str:
     head = table[table["metric"].isin(HEADLINE + ("run",))]
     rows = []
@@ -62,15 +55,15 @@ def terminal(table: pd.DataFrame, th: Thresholds, night: str, run_id: str) -> st
                      f"±{band}" if band != "-" else "-",
                      "-" if pd.isna(r["p_value"]) else f"{r['p_value']:.3g}", r["detail"] or ""])
     out = [f"farm verdict, night {night} (run {run_id}): {overall(table, th).upper()}",
-           _text_table(rows, ["device", "variant", "metric", "verdict", "tonight", "baseline", "change", "band",
-                              "p", "note"])]
+           text_table(rows, ["device", "variant", "metric", "verdict", "tonight", "baseline", "change", "band",
+                              "p", "note"], right=False)]
     movers = top_movers(table, th.top_layers)
     if len(movers):
         out.append("per-layer top movers (UNet blocks):")
-        out.append(_text_table([[r["device"], r["variant"], r["layer"], _MARK.get(r["status"], r["status"]),
+        out.append(text_table([[r["device"], r["variant"], r["layer"], _MARK.get(r["status"], r["status"]),
                                  fmt_value(r["tonight"], r["unit"]), fmt_value(r["baseline"], r["unit"]),
                                  fmt_change(r)] for _, r in movers.iterrows()],
-                               ["device", "variant", "block", "verdict", "tonight", "baseline", "change"]))
+                               ["device", "variant", "block", "verdict", "tonight", "baseline", "change"], right=False))
     return "\n".join(out)
 
 

@@ -697,9 +697,11 @@ def render_report(source: Any, out_html: str | Path | None = None, *, baseline: 
 
 # ----------------------------------------------------------------------------------------------- terminal
 
-def _text_table(rows: list[list[str]], header: list[str]) -> str:
+def text_table(rows: list[list[str]], header: list[str], right: bool = True) -> str:
+    """Columns padded to their widest cell, a dashed rule under the header; the first column left-aligned,
+    the others right-aligned (``right``) or left-aligned."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
-    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
+    line = lambda cells: "  ".join(str(c).rjust(w) if i and right else str(c).ljust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
@@ -713,7 +715,7 @@ def terminal_summary(source: Any, baseline: str | None = None, max_blocks: int =
              fmt_s(rec["unet_total_s"]), fmt_s(rec["vae_decoder_s"]), fmt_s(rec["end_to_end_s"]), fmt_x(rec["speedup"]),
              fmt_bytes(rec["peak_rss_bytes"]), fmt_bytes(rec["model_bytes"]), fmt_db(ps.get(rec["run_id"]))]
             for rec in lad.to_dict("records")]
-    out = [_text_table(rows, ["variant", "device", "text enc", "unet step", "unet total", "decoder", "end to end",
+    out = [text_table(rows, ["variant", "device", "text enc", "unet step", "unet total", "decoder", "end to end",
                               "speedup", "peak RSS", "model", "PSNR"])]
     lay = compare.compare_layers(runs, "block", baseline)
     if len(lay) and lay["run_id"].nunique() > 1:
@@ -721,7 +723,7 @@ def terminal_summary(source: Any, baseline: str | None = None, max_blocks: int =
         rows = [[_str(rec["key"])] + [fmt_num(rec[c], 4) if not c.startswith("speedup") else fmt_x(rec[c])
                                       for c in wide.columns[2:]] for rec in wide.head(max_blocks).to_dict("records")]
         out.append("")
-        out.append(_text_table(rows, ["block"] + list(wide.columns[2:])))
+        out.append(text_table(rows, ["block"] + list(wide.columns[2:])))
     for r in runs:
         sm = compare.run_summary(r)
         if not math.isnan(sm["block_sum_s"]):
