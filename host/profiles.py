@@ -28,6 +28,8 @@ Schema (every key is required unless marked optional; unknown sections and keys 
     accelerator = "gpu"           # "cpu" | "gpu" | "npu"
     precision = "fp16"            # "fp32" | "fp16"
     threads = 4                   # int > 0 (CPU threads for the interpreter)
+    optimized = "cpu"             # optional: the variant host.deploy runs beside the baseline by default
+                                  #   (a models.config LADDER name; default "optimized", the paper's GPU set)
 
     [roofline]                    # for the default accelerator + precision
     peak_flops = 4.0e12           # FLOP/s, number > 0
@@ -98,6 +100,7 @@ class Runtime:
     accelerator: str
     precision: str
     threads: int
+    optimized: str = "optimized"
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,8 @@ class DeviceProfile:
                          "ram_bytes": self.hardware.ram_bytes, "cpu_cores": self.hardware.cpu_cores}
         d["runtime"] = {"accelerator": self.runtime.accelerator, "precision": self.runtime.precision,
                         "threads": self.runtime.threads}
+        if self.runtime.optimized != "optimized":
+            d["runtime"]["optimized"] = self.runtime.optimized
         d["roofline"] = {"peak_flops": self.roofline.peak_flops,
                          "mem_bandwidth_bytes_per_s": self.roofline.mem_bandwidth_bytes_per_s,
                          "source": self.roofline.source}
@@ -352,10 +357,13 @@ def profile_from_dict(data: dict, path: str | os.PathLike = "<profile>") -> Devi
                         ram_bytes=c.integer(t, "hardware", "ram_bytes"),
                         cpu_cores=c.integer(t, "hardware", "cpu_cores"))
 
-    t = c.table(data, "runtime", ("accelerator", "precision", "threads"))
+    t = c.table(data, "runtime", ("accelerator", "precision", "threads", "optimized"))
+    from models.config import LADDER
+
     runtime = Runtime(accelerator=c.string(t, "runtime", "accelerator", ACCELERATORS),
                       precision=c.string(t, "runtime", "precision", PRECISIONS),
-                      threads=c.integer(t, "runtime", "threads"))
+                      threads=c.integer(t, "runtime", "threads"),
+                      optimized=c.string(t, "runtime", "optimized", tuple(LADDER)) if "optimized" in t else "optimized")
     if device.platform == "host" and runtime.accelerator != "cpu":
         raise c.fail("runtime.accelerator", f"the host runs on the cpu, got {runtime.accelerator!r}")
 

@@ -176,9 +176,17 @@ class Conv3x3(nn.Conv2d):
         return winograd.conv3x3(x, self.wino_u, self.bias, self.wino_in, self.wino_out, self.winograd_m)
 
 
+#: Winograd needs this many input and output channels: with a handful on either side (the UNet's 4-channel
+#: conv_in / conv_out, the decoder's 3-channel conv_out) its transforms cost more than the GEMM work it saves
+#: (full-size UNet conv_in on this project's CPU host: 71 ms with Winograd F(4,3), 9 ms direct).
+WINOGRAD_MIN_CHANNELS = 16
+
+
 def conv3x3(cin: int, cout: int, winograd_m: int, max_channels: int) -> Conv3x3:
-    """A stride-1 3x3 conv; Winograd with tile ``winograd_m`` when on and ``cin <= max_channels``."""
-    return Conv3x3(cin, cout, winograd_m if cin <= max_channels else 0)
+    """A stride-1 3x3 conv; Winograd with tile ``winograd_m`` when on, ``cin <= max_channels`` and both sides
+    have at least WINOGRAD_MIN_CHANNELS channels."""
+    use = cin <= max_channels and min(cin, cout) >= WINOGRAD_MIN_CHANNELS
+    return Conv3x3(cin, cout, winograd_m if use else 0)
 
 
 def prepare(module: nn.Module) -> nn.Module:

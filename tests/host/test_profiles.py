@@ -57,6 +57,11 @@ def test_every_shipped_profile_loads(name):
     assert load_profile(REPO_PROFILES / f"{name}.toml") == p
 
 
+def test_the_optimized_variant_is_per_device():
+    assert load_profile("host").runtime.optimized == "cpu"  # the XNNPACK-friendly set on this machine
+    assert load_profile("s23").runtime.optimized == "optimized"  # phones: the paper's GPU set (the default)
+
+
 def test_host_roofline_is_measured_not_typed():
     p = load_profile("host")
     assert p.runtime.accelerator == "cpu" and p.runtime.precision == "fp32"
@@ -210,6 +215,7 @@ BAD = [
      "not a product type"),
     ("host-with-match", "host", _set("match", {"model_patterns": ["x"]}), "match.model_patterns", "host"),
     ("host-on-gpu", "host", _set("runtime.accelerator", "gpu"), "runtime.accelerator", "cpu"),
+    ("unknown-optimized", "host", _set("runtime.optimized", "turbo"), "runtime.optimized", "unknown value 'turbo'"),
     ("name-mismatch", "s23", _set("device.name", "s23u"), "device.name", "does not match the file name"),
     ("bad-name", "s23", _set("device.name", "s 23"), "device.name", "not a valid profile name"),
 ]
