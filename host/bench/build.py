@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         root = args.store or Path(tmp)
         weights = resolve(args.model, None, 0, None, str(root / "checkpoint-index.json"))
         opts = BuildOptions(root=root)
-        variant = get_variant(args.variant, args.quant)
+        from host.build.cli import parse_variant
+
+        variant = get_variant(*parse_variant(args.variant, args.quant))
         t0 = time.perf_counter()
         manifest, _, _ = build_variant(variant, weights, opts, log=lambda s: print(s, file=sys.stderr))
         cold = time.perf_counter() - t0

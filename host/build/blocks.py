@@ -44,6 +44,10 @@ def _convert_blocks(variant, weights, opts, store, unet_key, log) -> list[dict]:
     from models.components import build_module, load_weights, sample_inputs
 
     cfg = weights.config
+    if variant.quantization != "fp32":
+        from host.build import quantize
+
+        quantize.install()
     unet = build_module("unet", cfg, variant.opts)
     load_weights(unet, weights.state_dict("unet", unet))
     state = {k: v for k, v in sample_inputs("unet", cfg, seed=GATE_SEED, timestep=GATE_TIMESTEP).items()}

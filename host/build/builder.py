@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from host.build import cache
+from host.build import cache, quantize
 from host.build.weights import WeightsSource
 from models.config import COMPONENTS, ConfigError, ModelConfig, Variant, component_opts, get_variant
 
@@ -37,7 +37,9 @@ class BuildOptions:
 
 def component_key(component: str, cfg: ModelConfig, variant: Variant, weights: WeightsSource) -> str:
     part = {"text_encoder": cfg.text_encoder, "unet": cfg.unet, "vae_decoder": cfg.vae}[component]
-    return cache.digest({
+    # The quantizer fix decides quantized bytes (and only those: fp32 keys stay as they were).
+    fix = {} if variant.quantization == "fp32" else {"quantize_fix": quantize.source_hash()}
+    return cache.digest({**fix,
         "component": component,
         "config": part,
         "geometry": {"image_size": cfg.image_size, "cfg_batch": cfg.cfg_batch},
@@ -50,6 +52,12 @@ def component_key(component: str, cfg: ModelConfig, variant: Variant, weights: W
     })
 
 
+def _label(variant: Variant) -> str:
+    from host.build.cli import variant_label
+
+    return variant_label(variant.name, variant.quantization)
+
+
 def check_buildable(variant: Variant) -> None:
     """Combinations that convert but fail the gates, refused before any work is done."""
     if variant.quantization == "int8" and (variant.opts.winograd_unet or variant.opts.winograd_decoder):
@@ -57,7 +65,8 @@ def check_buildable(variant: Variant) -> None:
         # activations span very different magnitudes per tile position: the tiny UNet's .tflite was
         # off by a relative error of 1.4 (0.04 without Winograd).
         raise ConfigError(f"variant {variant.name!r}: Winograd cannot be combined with int8 dynamic-range "
-                          "quantization (set --winograd-unet 0 --winograd-decoder 0, or use fp16)")
+                          "quantization (set --winograd-unet 0 --winograd-decoder 0, or use fp16; "
+                          "+flash-int8 is the optimized variant without Winograd)")
 
 
 def build_variant(variant: Variant, weights: WeightsSource, opts: BuildOptions, log: Log = print) -> tuple[dict, Path, bool]:
@@ -69,7 +78,7 @@ def build_variant(variant: Variant, weights: WeightsSource, opts: BuildOptions, 
     build_key = cache.digest({"components": keys, "variant": variant.name, "blocks": opts.profile_blocks})
     manifest = store.load_build(build_key)
     if manifest is not None:
-        store.link_latest(cfg.name, variant.name, build_key)
+        store.link_latest(cfg.name, _label(variant), build_key)
         return manifest, store.build_dir(build_key), True
 
     from tqdm import tqdm
@@ -119,7 +128,7 @@ def build_variant(variant: Variant, weights: WeightsSource, opts: BuildOptions, 
         "build_key": build_key,
     }
     cache.Store.commit(tmp, final, "manifest.json", manifest)
-    store.link_latest(cfg.name, variant.name, build_key)
+    store.link_latest(cfg.name, _label(variant), build_key)
     return store.load_build(build_key) or manifest, final, False
 
 
@@ -169,6 +178,8 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
     final = store.component_dir(key)
     tmp = store.staging(final)
     out_path = tmp / "model.tflite"
+    if variant.quantization != "fp32":
+        quantize.install()
     convert(component, module, inputs, OUTPUT_NAMES[component], variant.quantization, out_path)
     del module, state
     gc.collect()

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from host.errors import HarnessError
-from models.config import COMPONENTS, LADDER, QUANTIZATIONS, WINOGRAD_TILES, ConfigError, MODELS, get_variant
+from models.config import COMPONENTS, LADDER, QUANTIZATIONS, RUNGS, WINOGRAD_TILES, ConfigError, MODELS, get_variant
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -18,16 +18,33 @@ def default_artifacts() -> Path:
     return Path(os.environ.get("SDPHONE_ARTIFACTS", REPO / "artifacts"))
 
 
+def variant_label(name: str, quantization: str | None) -> str:
+    """What runs, run folders and reports call a build: the rung, with ``-<quantization>`` unless fp32."""
+    return name if quantization in (None, "fp32") else f"{name}-{quantization}"
+
+
+def parse_variant(spec: str, quantization: str = "fp32") -> tuple[str, str]:
+    """``"baseline"`` -> (baseline, ``quantization``); ``"+flash-int8"`` -> (+flash, int8): a label read back."""
+    if spec in LADDER:
+        return spec, quantization
+    name, _, quant = spec.rpartition("-")
+    if name in LADDER and quant in QUANTIZATIONS:
+        return name, quant
+    raise ConfigError(f"unknown variant {spec!r}; choose one of: {', '.join(LADDER)} "
+                      f"(optionally with -{'/-'.join(QUANTIZATIONS)}, e.g. baseline-int8)")
+
+
 def add_build_arguments(p: argparse.ArgumentParser, several_variants: bool = False) -> None:
     """Arguments shared by ``host.build`` and ``host.deploy`` (which takes --variant several times)."""
     p.add_argument("--model", default="sd14", help=f"architecture: {', '.join(MODELS)} (default sd14)")
     g = p.add_mutually_exclusive_group()
     if several_variants:
-        g.add_argument("--variant", action="append", help=f"one of: {', '.join(LADDER)}; repeatable "
-                       "(default: baseline and optimized)")
+        g.add_argument("--variant", action="append", help=f"one of: {', '.join(LADDER)}, optionally with a "
+                       "quantization suffix (baseline-int8); repeatable (default: baseline and optimized)")
     else:
-        g.add_argument("--variant", default="optimized", help=f"one of: {', '.join(LADDER)} (default optimized)")
-    g.add_argument("--ladder", action="store_true", help="every rung: " + " -> ".join(k for k in LADDER if k != "optimized"))
+        g.add_argument("--variant", default="optimized", help=f"one of: {', '.join(LADDER)}, optionally with a "
+                       "quantization suffix that overrides --quant (baseline-int8; default optimized)")
+    g.add_argument("--ladder", action="store_true", help="every rung: " + " -> ".join(RUNGS))
     p.add_argument("--quant", default="fp32", help=f"weights: {', '.join(QUANTIZATIONS)} (default fp32)")
     p.add_argument("--checkpoint", help="SD 1.x .safetensors / .ckpt file or diffusers folder (default: seeded random weights)")
     p.add_argument("--seed-weights", type=int, default=0, help="seed of the random weights when no checkpoint is given")
@@ -51,9 +68,10 @@ def variants_from_args(args) -> list:
     if args.ladder:
         if overrides:
             raise ConfigError("--ladder builds the named rungs; switch overrides apply to --variant only")
-        variants = [get_variant(n, args.quant) for n in LADDER if n != "optimized"]
+        variants = [get_variant(n, args.quant) for n in RUNGS]
     else:
-        variants = [get_variant(args.variant, args.quant, **overrides)]
+        name, quant = parse_variant(args.variant, args.quant)
+        variants = [get_variant(name, quant, **overrides)]
     from host.build.builder import check_buildable
 
     for v in variants:
@@ -100,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     for manifest, path, cached in results:
         print(summary(manifest, path, cached))
         if args.out:
-            dest = args.out / manifest["variant"]["name"]
+            dest = args.out / variant_label(manifest["variant"]["name"], manifest["variant"]["quantization"])
             dest.mkdir(parents=True, exist_ok=True)
             for f in path.iterdir():
                 target = dest / f.name

@@ -158,7 +158,8 @@ def parse_config(raw: dict[str, Any], path: Path) -> FarmConfig:
     farm = _table(raw.get("farm", {}), "farm", _FARM_KEYS, err)
     th = _table(raw.get("thresholds", {}), "thresholds", _THRESHOLD_KEYS, err)
 
-    from models.config import LADDER, MODELS
+    from host.build.cli import parse_variant
+    from models.config import RUNGS, ConfigError, MODELS
 
     model = farm.get("model", "sd14")
     if model not in MODELS:
@@ -166,14 +167,16 @@ def parse_config(raw: dict[str, Any], path: Path) -> FarmConfig:
     if farm.get("ladder") and "variants" in farm:
         raise err("farm.ladder", "give either ladder = true or variants, not both")
     if farm.get("ladder"):
-        variants = tuple(n for n in LADDER if n != "optimized")
+        variants = tuple(RUNGS)
     else:
         variants = tuple(farm.get("variants", ["baseline", "optimized"]))
         if not variants:
             raise err("farm.variants", "must name at least one variant")
         for i, v in enumerate(variants):
-            if not isinstance(v, str) or v not in LADDER:
-                raise err(f"farm.variants[{i}]", f"unknown variant {v!r}; choose from {', '.join(LADDER)}")
+            try:
+                parse_variant(v) if isinstance(v, str) else parse_variant(repr(v))  # labels as deploy takes them
+            except ConfigError as e:
+                raise err(f"farm.variants[{i}]", str(e)) from None
         if len(set(variants)) != len(variants):
             raise err("farm.variants", "names a variant twice")
     positive = {"steps": 1, "repeats": 1, "timeout_s": 1e-9, "block_steps": 0, "warmup": 0, "retries": 0,

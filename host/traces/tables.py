@@ -209,7 +209,10 @@ def variant_name(run_id: str | None = None, request: Mapping | None = None, mani
     if manifest:
         v = manifest.get("variant")
         if isinstance(v, Mapping):
+            quant = v.get("quantization")
             v = v.get("name")
+            if v and quant not in (None, "fp32"):  # as host.build.cli.variant_label names it
+                v = f"{v}-{quant}"
         if v:
             return str(v)
     if run_id:

@@ -8,14 +8,14 @@ import pytest
 from host.build import gates
 from models.config import LADDER
 
-RUNGS = [n for n in LADDER if n != "optimized"]
+NAMED = [n for n in LADDER if n != "optimized"]  # the ladder rungs and the cpu set ("optimized" is an alias)
 
 
 def _gates(meta: dict) -> dict[str, dict]:
     return {g["check"]: g for g in meta["gates"]}
 
 
-@pytest.mark.parametrize("rung", RUNGS)
+@pytest.mark.parametrize("rung", NAMED)
 def test_every_rung_builds_and_passes_its_gates(tiny_builds, rung):
     manifest, path = tiny_builds.get(rung)
     assert manifest["variant"]["name"] == rung
@@ -145,3 +145,26 @@ def test_int8_with_winograd_is_refused_up_front():
     from host.build import cli
 
     assert cli.main(["--model", "tiny", "--variant", "optimized", "--quant", "int8"]) == 2
+
+
+@pytest.mark.parametrize("spec, quant, expected", [
+    ("baseline", "fp32", ("baseline", "fp32")),
+    ("baseline", "int8", ("baseline", "int8")),
+    ("+flash-int8", "fp32", ("+flash", "int8")),   # the suffix wins over --quant
+    ("+gn_gelu-fp16", "int8", ("+gn_gelu", "fp16")),
+])
+def test_variant_labels_read_back(spec, quant, expected):
+    from host.build.cli import parse_variant, variant_label
+
+    assert parse_variant(spec, quant) == expected
+    assert parse_variant(variant_label(*expected)) == expected
+    assert variant_label("optimized", "fp32") == "optimized"
+
+
+@pytest.mark.parametrize("spec", ["turbo", "baseline-int4", "baseline-", "-int8", "optimized-int8-fp16"])
+def test_unknown_variant_labels_are_named(spec):
+    from host.build.cli import parse_variant
+    from models.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"unknown variant '{spec}'"):
+        parse_variant(spec)

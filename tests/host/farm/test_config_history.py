@@ -40,6 +40,12 @@ peak_rss_bytes = 0.02
 """
 
 
+def test_variants_take_quantization_labels(tmp_path):
+    f = tmp_path / "farm.toml"
+    f.write_text(GOOD.replace("ladder = true", 'variants = ["baseline", "cpu", "+gn_gelu-int8"]'))
+    assert load_config(f).variants == ("baseline", "cpu", "+gn_gelu-int8")
+
+
 def test_good_config(tmp_path):
     f = tmp_path / "farm.toml"
     f.write_text(GOOD)
@@ -55,6 +61,8 @@ def test_good_config(tmp_path):
 @pytest.mark.parametrize("edit, culprit", [
     (("[thresholds]", "[thresholds]\nwindw = 3"), "thresholds.windw"),
     (("ladder = true", 'variants = ["baseline", "turbo"]'), "farm.variants[1]"),
+    (("ladder = true", 'variants = ["baseline", "cpu-int4"]'), "farm.variants[1]"),
+    (("ladder = true", 'variants = ["baseline", 3]'), "farm.variants[1]"),
     (("ladder = true", "ladder = true\nvariants = [\"baseline\"]"), "farm.ladder"),
     (("repeats = 2", "repeats = 0"), "farm.repeats"),
     (("repeats = 2", "repeats = \"2\""), "farm.repeats"),

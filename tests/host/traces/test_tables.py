@@ -57,7 +57,7 @@ def test_missing_status_and_manifest_reference(tmp_path):
     (tmp_path / "build" / "manifest.json").write_text(json.dumps(manifest))
     d = make_run(tmp_path, "x", status=None, run_id="r1", manifest=str(tmp_path / "build" / "manifest.json"))
     run = tables.load_run(d)
-    assert run.manifest["build_key"] == "k" and run.variant == "optimized"
+    assert run.manifest["build_key"] == "k" and run.variant == "optimized-fp16"  # labelled as deploy names it
     meta = run.meta.iloc[0]
     assert meta["state"] == "missing" and meta["model_bytes"] == 1024 and meta["quantization"] == "fp16"
     assert not run.ok
@@ -68,6 +68,8 @@ def test_variant_from_run_id():
     assert tables.variant_name("20261121T233000Z_+flash") == "+flash"
     assert tables.variant_name("x", request={"variant": "+softmax"}) == "+softmax"
     assert tables.variant_name(None) == "unknown"
+    assert tables.variant_name("x", manifest={"variant": {"name": "+gn_gelu", "quantization": "int8"}}) == "+gn_gelu-int8"
+    assert tables.variant_name("x", manifest={"variant": {"name": "cpu", "quantization": "fp32"}}) == "cpu"
 
 
 def test_save_and_load_tables(tmp_path):
