@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from host.build.cli import REPO, add_build_arguments
 from host.errors import HarnessError
-from models.config import LADDER, ConfigError
+from models.config import RUNGS, ConfigError
 
 DEVICE_ENV = "SDPHONE_DEVICE"
 
@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the device profile's)")
     p.add_argument("--warmup", type=int, default=0, help="untimed generations before the measured ones")
     p.add_argument("--repeats", type=int, default=1, help="measured generations per variant")
+    p.add_argument("--residency", choices=("all", "phase"), default="all",
+                   help="all: the three models stay loaded for the whole run (default); phase: each is loaded "
+                        "for its stage of every generation and released after it (peak memory: the largest model)")
     p.add_argument("--no-profile-blocks", dest="profile_blocks", action="store_false",
                    help="skip the per-block profile build and pass")
     p.add_argument("--block-steps", type=int, default=2, help="steps at which the block chain is timed (0: all)")
@@ -81,9 +84,10 @@ def _validate(args) -> None:
                           "with its own pipeline; our variants do not apply)")
     if args.repeats < 1 or args.warmup < 0:
         raise DeployError("--repeats must be >= 1 and --warmup >= 0")
+    from host.build.cli import parse_variant
+
     for v in args.variant or ():
-        if v not in LADDER:
-            raise ConfigError(f"unknown variant {v!r}; choose one of: {', '.join(LADDER)}")
+        parse_variant(v, args.quant)  # names the variant at fault before anything is built
 
 
 def resolve_device(name: str):
@@ -137,7 +141,8 @@ def _deploy(args) -> Path:
     os.environ.setdefault(CACHE_ENV, str((args.artifacts or default_artifacts()) / "xnnpack-cache"))
     device = resolve_device(args.device)  # before any build: a missing phone fails fast
     device_name = device.name
-    names = ([n for n in LADDER if n != "optimized"] if args.ladder else (args.variant or ["baseline", "optimized"]))
+    # by default the baseline and the device's optimized set (its profile's runtime.optimized)
+    names = (list(RUNGS) if args.ladder else (args.variant or ["baseline", device.profile.runtime.optimized]))
     label = "ladder" if args.ladder else "-vs-".join(names)
     if args.engine == "mediapipe":
         if getattr(device, "platform", "host") != "android":
@@ -236,14 +241,18 @@ def _run_variant(args, device, session: Path, manifest: dict, build_dir: Path) -
     from host.request import prepare_run
 
     profile = device.profile
-    name = "mediapipe" if getattr(args, "engine", "litert") == "mediapipe" else manifest["variant"]["name"]
+    from host.build.cli import variant_label
+
+    v = manifest["variant"]
+    name = "mediapipe" if getattr(args, "engine", "litert") == "mediapipe" else variant_label(v["name"], v.get("quantization"))
     run_dir = session / name
     blocks = [{"name": b["name"], "file": str(build_dir / b["file"])} for b in manifest.get("profile_blocks", [])]
     prepare_run(
         run_dir, manifest, build_dir, prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
         steps=args.steps, scheduler=args.scheduler, karras=args.karras, guidance=args.guidance, size=args.size,
         runtime={"accelerator": profile.runtime.accelerator, "precision": profile.runtime.precision,
-                 "threads": args.threads or profile.runtime.threads, "warmup": args.warmup, "repeats": args.repeats},
+                 "threads": args.threads or profile.runtime.threads, "warmup": args.warmup, "repeats": args.repeats,
+                 "residency": getattr(args, "residency", "all")},
         profiling={"memory_interval_ms": args.memory_interval_ms, "per_op": args.per_op,
                    "per_block": bool(blocks), "block_models": blocks, "block_steps": args.block_steps},
         run_id=f"{session.name.split('_')[0]}_{name}",

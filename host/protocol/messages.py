@@ -174,20 +174,22 @@ class ImageSpec:
 
 @dataclass(frozen=True)
 class RuntimeSpec:
-    """How to run: accelerator, precision, CPU threads, untimed-but-traced warmups, measured repeats."""
+    """How to run: accelerator, precision, CPU threads, untimed-but-traced warmups, measured repeats, and how
+    long models stay loaded (``residency``: "all" for the whole run, "phase" only while their stage runs)."""
 
     accelerator: str = "cpu"
     precision: str = "fp32"
     threads: int = 2
     warmup: int = 1
     repeats: int = 1
+    residency: str = "all"
 
     def to_dict(self) -> dict[str, Any]:
         return _fields_dict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RuntimeSpec":
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 @dataclass(frozen=True)

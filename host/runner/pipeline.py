@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -14,17 +14,40 @@ from host.runtime import LiteRtModel
 
 @dataclass(frozen=True)
 class Models:
-    """The three loaded components and the names of their outputs."""
+    """The three components and the names of their outputs. A component is either held (loaded for the whole
+    run: residency "all") or None, and then ``loader`` opens it for its stage only (residency "phase")."""
 
-    text_encoder: LiteRtModel
-    unet: LiteRtModel
-    vae_decoder: LiteRtModel
+    text_encoder: LiteRtModel | None
+    unet: LiteRtModel | None
+    vae_decoder: LiteRtModel | None
     outputs: dict[str, str]  # component -> output tensor name
+    loader: Callable[[str], LiteRtModel] | None = None
+    files: dict[str, str] = field(default_factory=dict)  # component -> model file (stage load spans)
 
     @classmethod
     def of(cls, loaded: dict[str, LiteRtModel], request: RunRequest) -> "Models":
         return cls(text_encoder=loaded["text_encoder"], unet=loaded["unet"], vae_decoder=loaded["vae_decoder"],
                    outputs={c: output_name(request.models[c]) for c in loaded})
+
+    @classmethod
+    def per_stage(cls, loader: Callable[[str], LiteRtModel], request: RunRequest) -> "Models":
+        names = ("text_encoder", "unet", "vae_decoder")
+        return cls(text_encoder=None, unet=None, vae_decoder=None, loader=loader,
+                   outputs={c: output_name(request.models[c]) for c in names},
+                   files={c: request.models[c].file for c in names})
+
+    def run_stage(self, component: str, tracer: Tracer, fn: Callable[[LiteRtModel], Any], *, repeat: int,
+                  warmup: bool) -> Any:
+        """``fn(model)`` with the component: the held one, or one loaded now (a ``load`` span, phase "stage")
+        that is released when ``fn`` returns (this frame holds the only reference)."""
+        model = getattr(self, component)
+        if model is None:
+            if self.loader is None:
+                raise RunnerError(f"{component}: not loaded and no loader to open it")
+            with tracer.span("load", "load", component=component, repeat=repeat, warmup=warmup,
+                             args={"phase": "stage", "file": self.files.get(component)}):
+                model = self.loader(component)
+        return fn(model)
 
 
 @dataclass
@@ -48,24 +71,35 @@ def generate(models: Models, inputs: Inputs, steps: int, tracer: Tracer, *, repe
     k = dict(repeat=repeat, warmup=warmup)
     c = inputs.coeffs
     io: list[tuple[np.ndarray, np.ndarray]] = []
-    with tracer.span("generation", "total", **k):
+
+    def encode(text_encoder) -> np.ndarray:
         with tracer.span("text_encoder", "component", component="text_encoder", **k):
-            ctx = models.text_encoder.run(input_ids=inputs.ids)[models.outputs["text_encoder"]]
+            return text_encoder.run(input_ids=inputs.ids)[models.outputs["text_encoder"]]
+
+    def denoise(unet) -> np.ndarray:
         x = inputs.noise * inputs.init_scale
         d_prev = np.zeros_like(x)
         for i in range(steps):
             with tracer.span("unet_step", "step", component="unet", step=i, **k):
                 m = x * c["in_scale"][i]
                 feed = unet_feed(m, inputs.t_emb[i], ctx)
-                e = models.unet.run(**feed)[models.outputs["unet"]]
+                e = unet.run(**feed)[models.outputs["unet"]]
                 eps = e[0:1] + inputs.guidance * (e[1:2] - e[0:1])
                 d = x * c["d_x"][i] + eps * c["d_eps"][i]
                 x = x * c["x_x"][i] + d * c["x_d"][i] + d_prev * c["x_dprev"][i]
                 d_prev = d
             if record:
                 io.append((feed["sample"], e))
+        return x
+
+    def decode(vae_decoder) -> np.ndarray:
         with tracer.span("vae_decoder", "component", component="vae_decoder", **k):
-            img = models.vae_decoder.run(latents=x / inputs.vae_scale)[models.outputs["vae_decoder"]]
+            return vae_decoder.run(latents=x / inputs.vae_scale)[models.outputs["vae_decoder"]]
+
+    with tracer.span("generation", "total", **k):
+        ctx = models.run_stage("text_encoder", tracer, encode, **k)
+        x = models.run_stage("unet", tracer, denoise, **k)
+        img = models.run_stage("vae_decoder", tracer, decode, **k)
     return Generation(context=ctx, latents=x, image=img, unet_io=io)
 
 

@@ -22,7 +22,7 @@ from host.runner.loading import RunnerError, load_inputs, load_model, models_dir
 from host.runner.memory import MemorySampler
 from host.runner.pipeline import Generation, Models, generate, profile_blocks, to_uint8_hwc, unet_feed
 from host.runner.tracing import Clock, Tracer
-from host.runtime import delegate_label
+from host.runtime import delegate_label, open_model
 
 RUNNER = "python-host"
 RUNNER_VERSION = "1.0"
@@ -73,7 +73,8 @@ class _Run:
         self.tracer.write(MetaRecord(
             t=self.tracer.now(), run_id=run_id, runner=RUNNER, runner_version=runner_version(), device=device_info(),
             runtime={"accelerator": accelerator, "precision": rt.get("precision"), "threads": rt.get("threads"),
-                     "delegate": delegate_label() if accelerator == "cpu" else None}))
+                     "delegate": delegate_label() if accelerator == "cpu" else None,
+                     "residency": rt.get("residency")}))
         self.meta_written = True
 
     @property
@@ -129,7 +130,16 @@ class _Run:
             verify_file(paths[c], req.models[c].sha256, c)
         for b in blocks:
             verify_file(mdir / b.file, b.sha256, f"block {b.name}")
-        models = Models.of({c: load_model(paths[c], req.models[c], c, rt.threads, self.tracer) for c in COMPONENTS}, req)
+        if rt.residency == "phase":
+            # the same load measurements, one component at a time, each released before the next; every
+            # generation then opens each model for its stage only
+            for c in COMPONENTS:
+                load_model(paths[c], req.models[c], c, rt.threads, self.tracer)
+            models = Models.per_stage(
+                lambda c: open_model(str(paths[c]), threads=rt.threads, sha256=req.models[c].sha256), req)
+        else:
+            models = Models.of({c: load_model(paths[c], req.models[c], c, rt.threads, self.tracer)
+                                for c in COMPONENTS}, req)
 
         steps, total = req.scheduler.table.steps, rt.warmup + rt.repeats
         gen: Generation | None = None

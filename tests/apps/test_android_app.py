@@ -436,12 +436,163 @@ def test_span_event_and_phase_names_are_the_protocols() -> None:
     span_names = {r["name"] for r in golden if r["type"] == "span"}
     assert set(_top_consts("SpanName").values()) <= span_names
     phases = {r["args"]["phase"] for r in golden if r["type"] == "span" and r["cat"] == "load"}
-    assert set(_top_consts("LoadPhase").values()) == phases
     doc = (contract.ROOT / "docs" / "protocol.md").read_text()
+    # The golden traces hold every model for the whole run; "stage" (residency "phase") is defined by the doc.
+    documented = set(re.findall(r'"phase": "(\w+)"', doc))
+    assert "stage" in documented
+    load_phases = set(_top_consts("LoadPhase").values())
+    assert phases <= load_phases, f"load phases of the golden traces unknown to LoadPhase: {sorted(phases - load_phases)}"
+    assert load_phases <= phases | documented, f"LoadPhase values the protocol does not know: {sorted(load_phases - phases - documented)}"
+    assert "stage" in load_phases
     events = doc[doc.index("* **Events** in use"):]
     events = events[:events.index("\n* ")]
     for name in _top_consts("EventName").values():
         assert f"`{name}`" in events, f"event {name!r} is not in docs/protocol.md's list of events"
+
+
+def _call_parts(call: Node) -> tuple[str, Node | None, Node | None]:
+    """(callee text, value_arguments, trailing lambda_literal) of a call_expression, with or without a
+    trailing lambda (`f(a) { ... }` nests the plain call inside the outer call_expression)."""
+    head, lam = call, None
+    if call.children and call.children[-1].type == "annotated_lambda":
+        lam = next(c for c in call.children[-1].children if c.type == "lambda_literal")
+        head = call.children[0]
+        if head.type != "call_expression":  # `f { ... }`: no parentheses
+            return _text(head), None, lam
+    args = next((c for c in head.children if c.type == "value_arguments"), None)
+    return _text(head.children[0]), args, lam
+
+
+def _calls(node: Node, callee: str) -> list[tuple[Node, Node | None, Node | None]]:
+    """(call, value_arguments, trailing lambda) of every call of `callee` (full callee text, e.g.
+    "models.runStage", or its last identifier, e.g. "runStage") under `node`, in source order; a call with a
+    trailing lambda is listed once."""
+    out = []
+    for n in _walk(node):
+        if n.type != "call_expression" or (n.parent is not None and n.parent.type == "call_expression"
+                                             and n.parent.children[0] == n
+                                             and n.parent.children[-1].type == "annotated_lambda"):
+            continue
+        name, args, lam = _call_parts(n)
+        if name == callee or name.rsplit(".", 1)[-1] == callee:
+            out.append((n, args, lam))
+    return out
+
+
+def _function(path: Path, name: str) -> Node:
+    found = [n for n in _walk(_tree(path).root_node) if n.type == "function_declaration"
+             and any(c.type == "identifier" and _text(c) == name for c in n.children)]
+    assert len(found) == 1, f"{path.name}: expected one fun {name}, found {len(found)}"
+    return found[0]
+
+
+def _const_value(expr: Node) -> Any:
+    """The value of `Obj.NAME` / `Keys.Obj.NAME` (a Keys.kt constant) or of a plain string literal."""
+    if expr.type == "string_literal":
+        return _string_value(expr)
+    obj, _, name = _text(expr).rpartition(".")
+    consts = _key_objects()[obj[len("Keys."):]] if obj.startswith("Keys.") else _top_consts(obj)
+    return consts[name]
+
+
+def test_enum_values_are_checked_with_their_path_and_the_schema_values() -> None:
+    """Every enum / const key of the request's sections is checked by RunRequest.kt's oneOf(value, "<path>",
+    allowed...): the path names the key that is read, the allowed values are the schema's, and an optional
+    key (runtime.residency) falls back to the host's default (host/protocol/messages.py)."""
+    from host.protocol import messages
+
+    request_kt = MAIN / "protocol" / "RunRequest.kt"
+    root = contract.schema("run_request.schema.json")
+    want = {f"{sec}.{key}" for sec, node in root["properties"].items() if "properties" in node
+            for key, prop in node["properties"].items() if "enum" in prop or "const" in prop}
+    assert "runtime.residency" in want
+    seen = set()
+    for call, args, _ in _calls(_tree(request_kt).root_node, "oneOf"):
+        if _text(call.children[0]) != "oneOf":
+            continue  # the declaration's own recursion, if any
+        pos, _ = _args(args)
+        if len(pos) < 3 or pos[1].type != "string_literal":
+            continue
+        path = _string_value(pos[1])
+        sec, _, key = path.partition(".")
+        pointer = f"run_request.schema.json#/properties/{sec}/properties/{key}"
+        allowed = {_const_value(a) for a in pos[2:]}
+        assert allowed == contract.allowed_values(pointer), f"oneOf({path}): {sorted(allowed)} != the schema's"
+        value = pos[0]
+        reads = [a for c, a, _ in _calls(value, "getString") + _calls(value, "optString")]
+        assert len(reads) == 1, f"oneOf({path}): the value must be one getString / optString read"
+        read_key = _const_value(_args(reads[0])[0][0])
+        assert read_key == key, f"oneOf({path}) checks the key {read_key!r}: its error would name the wrong key"
+        required = key in root["properties"][sec].get("required", [])
+        if required:
+            assert _calls(value, "getString"), f"{path} is required: read it with getString"
+        else:
+            assert value.type == "binary_expression" and _text(value.children[1]) == "?:", (
+                f"{path} is optional: `optString(...) ?: <default>`")
+            spec = getattr(messages, sec.capitalize() + "Spec")
+            assert _const_value(value.children[2]) == spec().__getattribute__(key), (
+                f"{path}: the app's default differs from the host's ({spec.__name__}.{key})")
+        seen.add(path)
+    assert seen == want, f"enum keys without a oneOf check: {sorted(want - seen)}; unknown paths: {sorted(seen - want)}"
+
+
+def test_phase_residency_loads_each_component_for_its_stage_and_closes_it() -> None:
+    """runtime.residency "phase" (docs/protocol.md, "Residency"), as the source does it: generate() reaches
+    each component only through Models.runStage, in stage order and inside the generation span; a stage
+    load is a `load` span with phase "stage" and the generation's repeat / warmup; the stage's model is
+    closed when its stage ends, and the load measurements before the first generation are closed too."""
+    pipeline, runner = MAIN / "runner" / "Pipeline.kt", MAIN / "runner" / "Runner.kt"
+
+    gen = _function(pipeline, "generate")
+    [(_, gen_args, gen_body)] = [c for c in _calls(gen, "tracer.span")
+                                 if _text(_args(c[1])[0][0]) == "SpanName.GENERATION"]
+    stages = _calls(gen_body, "models.runStage")
+    assert [_text(_args(a)[0][0]) for _, a, _ in stages] == [
+        "Keys.Models.TEXT_ENCODER", "Keys.Models.UNET", "Keys.Models.VAE_DECODER"], "stage order"
+    inner = {"Keys.Models.TEXT_ENCODER": "SpanName.TEXT_ENCODER", "Keys.Models.UNET": "SpanName.UNET_STEP",
+             "Keys.Models.VAE_DECODER": "SpanName.VAE_DECODER"}
+    for _, args, lam in stages:
+        pos, _ = _args(args)
+        component = _text(pos[0])
+        assert [_text(p) for p in pos[1:]] == ["repeat", "warmup"], f"runStage({component}): the generation's repeat, warmup"
+        assert lam is not None, f"runStage({component}) runs its stage in a trailing lambda"
+        params = [_text(v) for v in _walk(lam) if v.type == "variable_declaration" and v.parent.type == "lambda_parameters"]
+        spans = [_text(_args(a)[0][0]) for _, a, _ in _calls(lam, "tracer.span")]
+        assert spans == [inner[component]], f"runStage({component}) must hold exactly the {inner[component]} span(s)"
+        assert len(params) == 1 and any(_text(c.children[0]) == f"{params[0]}.run" for c in _walk(lam)
+                                        if c.type == "call_expression"), f"runStage({component}): run the model it hands over"
+    direct = [_text(n) for n in _walk(gen) if n.type == "navigation_expression"
+              and re.fullmatch(r"models\.(textEncoder|unet|vaeDecoder)", _text(n))]
+    assert not direct, f"generate() bypasses runStage: {direct}"
+
+    run_stage = _function(pipeline, "runStage")
+    uses = _calls(run_stage, "use")
+    assert any(".load(" in _text(c.children[0]) and [_text(p) for p in _args(a)[0]] == ["block"] for c, a, _ in uses), (
+        "Models.runStage must close the stage-loaded model when its block ends: `loader.load(...).use(block)`")
+
+    load = _function(runner, "load")
+    [(_, span_args, span_body)] = _calls(load, "tracer.span")
+    pos, named = _args(span_args)
+    assert [_text(p) for p in pos[:2]] == ["SpanName.LOAD", "SpanCat.LOAD"]
+    assert _text(named["repeat"]) == "repeat" and _text(named["warmup"]) == "warmup", "load spans carry repeat / warmup"
+    puts = {_text(_args(a)[0][0]): _text(_args(a)[0][1]) for _, a, _ in _calls(named["args"], "put")}
+    assert puts == {"Keys.Args.PHASE": "phase", "Keys.Args.FILE": "spec.file"}
+
+    execute = _function(runner, "execute")
+    branches = [n for n in _walk(execute) if n.type == "if_expression"
+                and _text(next(c for c in n.children if c.is_named)) == "rt.residency == Residency.PHASE"]
+    assert len(branches) == 1, "execute() must branch on rt.residency == Residency.PHASE"
+    then = next(c for c in branches[0].children if c.type == "block")
+    loop = next((n for n in _walk(then) if n.type == "for_statement"), None)
+    assert loop is not None and any(_text(c.children[0]).startswith("load(") and _text(c.children[0]).endswith(".close")
+                                    for c in _walk(loop) if c.type == "call_expression"), (
+        "the phase branch measures each component's loads and closes the instance: `load(...).close()`")
+    [(_, _, loader)] = _calls(then, "Models.perStage")
+    [(_, stage_args, _)] = _calls(loader, "load")
+    pos, named = _args(stage_args)
+    assert "listOf(LoadPhase.STAGE)" in [_text(p) for p in pos], "stage loads use phase LoadPhase.STAGE"
+    assert _text(named["repeat"]) == "repeat" and _text(named["warmup"]) == "warmup"
+    assert _top_consts("LoadPhase")["STAGE"] == "stage" and _top_consts("Residency")["PHASE"] == "phase"
 
 
 # ----------------------------------------------------------------------------------------------- host contract
@@ -582,11 +733,13 @@ def _tensor(name: str, shape: list[int], dtype: str = "float32") -> dict[str, An
     return {"name": name, "shape": shape, "dtype": dtype}
 
 
-def _make_run(root: Path, *, steps: int = 4, warmup: int = 1, repeats: int = 2) -> Path:
-    """A tiny but complete run folder: fake model files, real scheduler table and t_emb, numpy noise."""
+def _make_run(root: Path, *, steps: int = 4, warmup: int = 1, repeats: int = 2, residency: str | None = None,
+              name: str = "run") -> Path:
+    """A tiny but complete run folder: fake model files, real scheduler table and t_emb, numpy noise.
+    ``runtime.residency`` is left out (the protocol's default, "all") unless given."""
     from host.schedulers import make_table, timestep_embedding
 
-    run = root / "run"
+    run = root / name
     (run / "models" / "blocks").mkdir(parents=True)
     golden = contract.golden_json("request.json")
 
@@ -631,6 +784,8 @@ def _make_run(root: Path, *, steps: int = 4, warmup: int = 1, repeats: int = 2) 
         "runtime": {"accelerator": "cpu", "precision": "fp32", "threads": 1, "warmup": warmup, "repeats": repeats},
         "profiling": {"memory_interval_ms": 20, "per_op": True, "per_block": True, "block_models": blocks, "block_steps": 0},
     }
+    if residency is not None:
+        request["runtime"]["residency"] = residency
     (run / "request.json").write_text(json.dumps(request, indent=1))
     from host.protocol.messages import RunRequest
 
@@ -662,14 +817,17 @@ def test_jvm_runner_matches_the_host_algorithm(jvm_harness: list[str], tmp_path:
     steps, warmup, repeats = 4, 1, 2
     run = _make_run(tmp_path, steps=steps, warmup=warmup, repeats=repeats)
     out = subprocess.run([*jvm_harness, "run", str(run)], check=True, capture_output=True, text=True)
-    status_line = json.loads(out.stdout.strip().splitlines()[-1])
+    ledger_line, status_line = (json.loads(line) for line in out.stdout.strip().splitlines()[-2:])
     records, status = _read_run(run)
     assert status["state"] == "ok", status
     assert status_line == status
     assert status["images"] == ["image.png"] and status["run_id"] == "jvm_test_optimized"
+    # residency "all" (the default: the request has no runtime.residency): the three models held together
+    assert ledger_line == {"loads": 3 * 2, "peak_live": 3, "live_at_end": 0}
 
     meta = records[0]
     assert meta["runner"] == "android" and meta["runtime"]["accelerator"] == "cpu" and meta["runtime"]["delegate"] == "fake"
+    assert meta["runtime"]["residency"] == "all"
     spans = [r for r in records if r["type"] == "span"]
     events = [r for r in records if r["type"] == "event"]
     count = lambda name, cat: sum(1 for s in spans if s["name"] == name and s["cat"] == cat)  # noqa: E731
@@ -717,7 +875,56 @@ def test_jvm_runner_failures_follow_the_protocol(jvm_harness: list[str], tmp_pat
     records, status = _read_run(run)
     assert status["state"] == "error" and "turbo" in status["message"] and status["run_id"] == "jvm_test_optimized"
     assert records[0]["runtime"] == {"accelerator": None, "precision": None, "threads": None, "delegate": None,
-                                     "engine": "fake-jvm"}
+                                     "residency": None, "engine": "fake-jvm"}
+
+    raw["runtime"].pop("turbo")
+    raw["runtime"]["residency"] = "sometimes"
+    (run / "request.json").write_text(json.dumps(raw))
+    subprocess.run([*jvm_harness, "run", str(run)], check=True, capture_output=True, text=True)
+    records, status = _read_run(run)
+    assert status["state"] == "error" and "runtime.residency" in status["message"], status
+
+
+@pytest.mark.slow
+def test_jvm_runner_phase_residency_loads_each_model_for_its_stage(jvm_harness: list[str], tmp_path: Path) -> None:
+    """runtime.residency "phase" (docs/protocol.md, "Residency"), as host/runner/run.py does it: the usual
+    cold / warm loads, each released; then per generation a `load` span (phase "stage") right before each
+    stage, inside the generation span, the model closed after its stage: one component open at a time."""
+    steps, warmup, repeats = 3, 1, 2
+    held = _make_run(tmp_path, steps=steps, warmup=warmup, repeats=repeats, name="held")
+    subprocess.run([*jvm_harness, "run", str(held)], check=True, capture_output=True, text=True)
+    run = _make_run(tmp_path, steps=steps, warmup=warmup, repeats=repeats, residency="phase", name="phase")
+    out = subprocess.run([*jvm_harness, "run", str(run)], check=True, capture_output=True, text=True)
+    ledger = json.loads(out.stdout.strip().splitlines()[-2])
+    records, status = _read_run(run)
+    assert status["state"] == "ok", status
+    assert ledger == {"loads": 3 * 2 + 3 * (warmup + repeats), "peak_live": 1, "live_at_end": 0}
+    assert records[0]["runtime"]["residency"] == "phase"
+
+    request = json.loads((run / "request.json").read_text())
+    spans = [r for r in records if r["type"] == "span"]
+    loads = [(s["component"], s["args"]["phase"]) for s in spans if s["cat"] == "load"]
+    components = ("text_encoder", "unet", "vae_decoder")
+    assert loads == ([(c, p) for c in components for p in ("cold", "warm")]
+                     + [(c, "stage") for _ in range(warmup + repeats) for c in components]
+                     + [("blk_a", "cold"), ("blk_b", "cold")])
+    gens = [s for s in spans if s["name"] == "generation"]
+    assert len(gens) == warmup + repeats
+    for g in gens:
+        inside = [s for s in spans if s["cat"] != "total" and g["start"] <= s["start"] and s["t"] <= g["t"]]
+        assert all(s["repeat"] == g["repeat"] and s["warmup"] == g["warmup"] for s in inside)
+        order = [(s["cat"], s["component"]) for s in inside if s["cat"] in ("load", "component", "step")]
+        assert order == ([("load", "text_encoder"), ("component", "text_encoder"), ("load", "unet")]
+                         + [("step", "unet")] * steps + [("load", "vae_decoder"), ("component", "vae_decoder")])
+        for s in inside:
+            if s["cat"] == "load":
+                assert s["args"] == {"phase": "stage", "file": request["models"][s["component"]]["file"]}
+    # the measured loads before the first generation keep repeat 0 / warmup false
+    assert all(s["repeat"] == 0 and not s["warmup"] for s in spans if s["cat"] == "load" and s["args"]["phase"] != "stage")
+    check = next(r for r in records if r["type"] == "event" and r["name"] == "per_block_check")
+    assert check["args"]["max_abs_diff"] == 0.0
+    # same models, same inputs: the very same image as with every model held
+    assert (run / "image.f32").read_bytes() == (held / "image.f32").read_bytes()
 
 
 @pytest.mark.slow
@@ -725,6 +932,27 @@ def test_jvm_parses_the_golden_request_losslessly(jvm_harness: list[str]) -> Non
     out = subprocess.run([*jvm_harness, "parse", str(contract.GOLDEN / "request.json")],
                          check=True, capture_output=True, text=True)
     assert json.loads(out.stdout) == contract.golden_json("request.json")
+
+
+@pytest.mark.slow
+def test_jvm_residency_is_optional_with_the_hosts_default(jvm_harness: list[str], tmp_path: Path) -> None:
+    from host.protocol.messages import RuntimeSpec
+
+    golden = contract.golden_json("request.json")
+    for value, want in ((None, RuntimeSpec().residency), ("phase", "phase"), ("sometimes", None)):
+        req = json.loads(json.dumps(golden))
+        if value is None:
+            del req["runtime"]["residency"]
+        else:
+            req["runtime"]["residency"] = value
+        path = tmp_path / "request.json"
+        path.write_text(json.dumps(req))
+        got = json.loads(subprocess.run([*jvm_harness, "parse", str(path)], check=True, capture_output=True,
+                                        text=True).stdout)
+        if want is None:
+            assert "runtime.residency" in got["error"] and "sometimes" in got["error"], got
+        else:
+            assert got["runtime"]["residency"] == want
 
 
 @pytest.mark.slow

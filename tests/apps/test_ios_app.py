@@ -395,13 +395,153 @@ def test_runner_writes_the_protocol_records():
     runner = (SOURCES / "Runner" / "Runner.swift").read_text()
     for name in ('"load"', '"text_encoder"', '"unet_step"', '"vae_decoder"', '"generation"',
                  '"progress"', '"error"', '"warning"', '"per_block_check"', '"error_type"',
-                 '"phase"', '"cold"', '"warm"', '"max_abs_diff"'):
+                 '"phase"', '"cold"', '"warm"', '"stage"', '"residency"', '"max_abs_diff"'):
         assert name in runner, f"Runner.swift never writes {name}"
     monitor = (SOURCES / "Runner" / "MemoryMonitor.swift").read_text()
     for name in ('"phys_footprint"', "TASK_VM_INFO", '"oom"', '"warning"'):
         assert name in monitor, f"MemoryMonitor.swift never uses {name}"
     writer = (PROTOCOL_SOURCES / "TraceWriter.swift").read_text()
     assert "synchronize()" in writer, "TraceWriter must make every line durable"
+
+
+def _args(value_arguments: Node | None) -> tuple[list[Node], dict[str, Node]]:
+    """(positional, labelled) argument values of a call's value_arguments."""
+    positional, named = [], {}
+    for arg in value_arguments.children if value_arguments is not None else ():
+        if arg.type != "value_argument":
+            continue
+        label = next((c for c in arg.children if c.type == "value_argument_label"), None)
+        value = arg.child_by_field_name("value")
+        if label is None:
+            positional.append(value)
+        else:
+            named[label.text.decode()] = value
+    return positional, named
+
+
+def _calls(node: Node, callee: str) -> list[tuple[Node, list[Node], dict[str, Node], Node | None]]:
+    """(call, positional args, labelled args, trailing closure) of every call of ``callee`` (the full callee,
+    e.g. "models.withStage", or its last name, e.g. "withStage") under ``node``, in source order."""
+    out = []
+    for n in _walk(node):
+        if n.type != "call_expression":
+            continue
+        name = n.children[0].text.decode()
+        if name != callee and name.rsplit(".", 1)[-1] != callee:
+            continue
+        suffix = next((c for c in n.children if c.type == "call_suffix"), None)
+        if suffix is None:
+            continue
+        args = next((c for c in suffix.children if c.type == "value_arguments"), None)
+        closure = next((c for c in suffix.children if c.type == "lambda_literal"), None)
+        out.append((n, *_args(args), closure))
+    return out
+
+
+def _function(path: Path, name: str, owner: str | None = None) -> Node:
+    found = [n for n in _walk(_tree(path).root_node) if n.type == "function_declaration" and _name(n) == name
+             and (owner is None or _name(_enclosing_type(n)) == owner)]
+    assert len(found) == 1, f"{path.name}: expected one func {name}, found {len(found)}"
+    return found[0]
+
+
+def _string(node: Node) -> str | None:
+    return _string_literal(node, "argument") if node is not None and node.type == "line_string_literal" else None
+
+
+def test_runtime_enums_are_checked_with_their_path_and_the_schema_values():
+    """RunRequest.check() guards every enum key of `runtime` with `guard [values].contains(runtime.<key>)`,
+    throwing at "$.runtime.<key>", with exactly the schema's values; an optional key (residency) decodes to
+    the host's default (host/protocol/messages.py RuntimeSpec) when absent."""
+    from host.protocol.messages import RuntimeSpec
+
+    path = PROTOCOL_SOURCES / "RunRequest.swift"
+    runtime = _pointer(_schema("run_request"), "#/properties/runtime")
+    enums = {k: v["enum"] for k, v in runtime["properties"].items() if "enum" in v}
+    assert "residency" in enums
+    checked = {}
+    for guard in (n for n in _walk(_tree(path).root_node) if n.type == "guard_statement"):
+        cond = next(c for c in guard.children if c.is_named)
+        if cond.type != "call_expression" or cond.children[0].type != "navigation_expression":
+            continue
+        target = cond.children[0].child_by_field_name("target")
+        if target is None or target.type != "array_literal" or not cond.children[0].text.endswith(b".contains"):
+            continue
+        (arg,), _ = _args(next(c for c in cond.children[1].children if c.type == "value_arguments"))
+        m = re.fullmatch(r"runtime\.(\w+)", arg.text.decode())
+        if not m:
+            continue
+        key = m.group(1)
+        values = [_string(v) for v in target.children if v.type == "line_string_literal"]
+        assert values == enums.get(key), f"runtime.{key}: the check allows {values}, the schema {enums.get(key)}"
+        throws = [a[0] for _, a, _, _ in _calls(guard, "fail") if a]
+        assert [_string(t) for t in throws] == [f"$.runtime.{key}"], f"runtime.{key}: the error must name $.runtime.{key}"
+        checked[key] = values
+    assert set(checked) == set(enums), f"runtime enum keys without a check: {sorted(set(enums) - set(checked))}"
+
+    text = path.read_text()
+    defaults = dict(re.findall(r'static let (\w+) = "([^"]*)"', text))
+    for key in sorted(set(runtime["properties"]) - set(runtime.get("required", ()))):
+        m = re.search(rf"\b{key} = try c\.decodeIfPresent\(\w+\.self, forKey: \.{key}\) \?\? RuntimeSpec\.(\w+)", text)
+        assert m, f"runtime.{key} is optional: decode it with decodeIfPresent and a RuntimeSpec default"
+        assert defaults.get(m.group(1)) == getattr(RuntimeSpec(), key), (
+            f"runtime.{key}: the app's default {defaults.get(m.group(1))!r} is not the host's")
+
+
+def test_phase_residency_loads_each_component_for_its_stage_and_releases_it():
+    """runtime.residency "phase" (docs/protocol.md, "Residency"), as Runner.swift does it: generate() reaches
+    each component only through LoadedModels.withStage, in stage order inside the generation span; a stage
+    load is a `load` span with phase "stage" and the generation's repeatIndex / warmup; the stage's model
+    is only ever a local of withStage (released when the stage returns), and the load measurements before
+    the first generation are dropped as soon as they are taken."""
+    path = SOURCES / "Runner" / "Runner.swift"
+
+    gen = _function(path, "generate")
+    [(_, _, _, body)] = [c for c in _calls(gen, "tracer.span") if _string(c[1][0]) == "generation"]
+    stages = _calls(body, "models.withStage")
+    assert [_string(a[0]) for _, a, _, _ in stages] == ["text_encoder", "unet", "vae_decoder"], "stage order"
+    inner = {"text_encoder": "text_encoder", "unet": "unet_step", "vae_decoder": "vae_decoder"}
+    for _, pos, named, closure in stages:
+        component = _string(pos[0])
+        assert {k: v.text.decode() for k, v in named.items()} == {"repeatIndex": "repeatIndex", "warmup": "warmup"}
+        assert closure is not None, f"withStage({component}) runs its stage in a trailing closure"
+        spans = [_string(a[0]) for _, a, _, _ in _calls(closure, "tracer.span")]
+        assert spans == [inner[component]], f"withStage({component}) must hold exactly the {inner[component]} span"
+        params = [p.text.decode() for p in _walk(closure) if p.type == "lambda_parameter"]
+        assert len(params) == 1 and _calls(closure, f"{params[0]}.run"), f"withStage({component}): run the model it hands over"
+    direct = [n.text.decode() for n in _walk(gen) if n.type == "navigation_expression"
+              and re.fullmatch(r"models\.(textEncoder|unet|vaeDecoder)", n.text.decode())]
+    assert not direct, f"generate() bypasses withStage: {direct}"
+
+    models = next(n for n in _walk(_tree(path).root_node) if n.type == "class_declaration" and _name(n) == "LoadedModels")
+    bindings = [next(c for c in p.children if c.type == "value_binding_pattern").text.decode()
+                for p in models.child_by_field_name("body").children if p.type == "property_declaration"]
+    assert bindings and set(bindings) == {"let"}, "LoadedModels stores nothing mutable: a stage model cannot outlive its stage"
+    with_stage = _function(path, "withStage", owner="LoadedModels")
+    loaded = _calls(with_stage, "stageLoader")
+    assert len(loaded) == 1 and loaded[0][0].parent.type == "try_expression"
+    binding = loaded[0][0].parent.parent
+    assert binding.type == "property_declaration" and binding.text.decode().startswith("let "), (
+        "withStage keeps the stage model in a local `let` only")
+
+    load = _function(path, "loadModel")
+    [(_, pos, named, _)] = _calls(load, "tracer.span")
+    assert _string(pos[0]) == "load" and pos[1].text.decode() == ".load"
+    assert named["repeatIndex"].text.decode() == "repeatIndex" and named["warmup"].text.decode() == "warmup"
+    assert '"phase": .string(phase)' in load.text.decode() and '"file": .string(' in load.text.decode()
+
+    execute = _function(path, "execute")
+    branches = [n for n in _walk(execute) if n.type == "if_statement"
+                and n.child_by_field_name("condition").text.decode() == 'rt.residency == "phase"']
+    assert len(branches) == 1, 'execute() must branch on rt.residency == "phase"'
+    branch = branches[0]
+    then = next(c for c in branch.children if c.type == "statements")
+    loop = next(n for n in _walk(then) if n.type == "for_statement")
+    assert re.search(r"_ = try load\(", loop.text.decode()), "the load measurements are taken, then dropped"
+    [(_, _, named, loader)] = _calls(then, "LoadedModels")
+    [(_, _, stage, _)] = _calls(loader, "self.loadModel")
+    assert stage["phases"].text.decode() == '["stage"]'
+    assert stage["repeatIndex"].text.decode() == "repeatIndex" and stage["warmup"].text.decode() == "warmup"
 
 
 # ----------------------------------------------------------------------------------------------- host contract

@@ -26,10 +26,11 @@ def deployed(tmp_path_factory, artifact_root):
 
 def test_main_job_leaves_a_complete_run_folder(deployed):
     session = deployed.resolve()
-    assert session.name.endswith("_baseline-vs-optimized")
+    # the host profile's optimized set (device_profiles/host.toml: runtime.optimized) beside the baseline
+    assert session.name.endswith("_baseline-vs-cpu")
     info = json.loads((session / "deploy.json").read_text())
-    assert info["variants"] == ["baseline", "optimized"] and info["device"] == "host"
-    for variant in ("baseline", "optimized"):
+    assert info["variants"] == ["baseline", "cpu"] and info["device"] == "host"
+    for variant in ("baseline", "cpu"):
         run = session / variant
         assert json.loads((run / STATUS_FILE).read_text())["state"] == "ok"
         assert (run / "image.png").is_file() and (run / "models" / "manifest.json").is_file()
@@ -38,19 +39,37 @@ def test_main_job_leaves_a_complete_run_folder(deployed):
         assert {"load", "component", "step", "total", "block", "op"} <= cats
         assert {s.name for s in spans if s.cat == "block"} >= {"conv_in", "mid_block", "conv_out"}
     spans = pd.read_parquet(session / "tables" / "spans.parquet")
-    assert set(spans["variant"]) == {"baseline", "optimized"}
+    assert set(spans["variant"]) == {"baseline", "cpu"}
     assert (session / "tables" / "memory.csv").is_file()
     trace = json.loads((session / "timeline.perfetto.json").read_text())
     assert any(e.get("ph") == "X" for e in trace["traceEvents"])
     html = (session / "report.html").read_text()
     assert "Per-layer latency" in html and "Sum of the per-block models" in html
     summary = (session / "summary.txt").read_text()
-    assert "baseline" in summary and "optimized" in summary and "sum of UNet blocks" in summary
+    assert "baseline" in summary and "cpu" in summary and "sum of UNet blocks" in summary
+
+
+def test_an_int8_variant_runs_beside_its_fp32_reference(tmp_path, artifact_root):
+    rc = deploy.main(_args(tmp_path, artifact_root, "--variant", "baseline", "--variant", "+flash-int8",
+                           "--no-profile-blocks"))
+    assert rc == 0
+    session = (tmp_path / "runs" / "host" / "latest").resolve()
+    assert session.name.endswith("_baseline-vs-+flash-int8")
+    run = session / "+flash-int8"
+    assert json.loads((run / STATUS_FILE).read_text())["state"] == "ok"
+    manifest = json.loads((run / "models" / "manifest.json").read_text())
+    assert manifest["variant"] == {**manifest["variant"], "name": "+flash", "quantization": "int8"}
+    spans = pd.read_parquet(session / "tables" / "spans.parquet")
+    assert set(spans["variant"]) == {"baseline", "+flash-int8"}
+    summary = (session / "summary.txt").read_text()
+    assert "+flash-int8" in summary
 
 
 @pytest.mark.parametrize("extra, culprit", [
     (["--device", "nokia3310"], "nokia3310"),
     (["--variant", "turbo"], "turbo"),
+    (["--variant", "baseline-int4"], "baseline-int4"),
+    (["--variant", "optimized-int8"], "variant 'optimized': Winograd cannot be combined with int8"),
     (["--scheduler", "plms"], "plms"),
     (["--steps", "0"], "--steps"),
     (["--size", "100"], "--size 100"),

@@ -139,9 +139,26 @@ struct RuntimeSpec: Codable, Equatable {
     var threads: Int
     var warmup: Int
     var repeats: Int
+    /// "all": the three models held for the whole run; "phase": each loaded for its stage only.
+    /// Optional in request.json, "all" when absent.
+    var residency: String
+
+    static let defaultResidency = "all"
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case accelerator, precision, threads, warmup, repeats
+        case accelerator, precision, threads, warmup, repeats, residency
+    }
+}
+
+extension RuntimeSpec {
+    init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        accelerator = try c.decode(String.self, forKey: .accelerator)
+        precision = try c.decode(String.self, forKey: .precision)
+        threads = try c.decode(Int.self, forKey: .threads)
+        warmup = try c.decode(Int.self, forKey: .warmup)
+        repeats = try c.decode(Int.self, forKey: .repeats)
+        residency = try c.decodeIfPresent(String.self, forKey: .residency) ?? RuntimeSpec.defaultResidency
     }
 }
 
@@ -339,6 +356,9 @@ extension RunRequest {
         }
         guard ["fp32", "fp16"].contains(runtime.precision) else {
             throw fail("$.runtime.precision", "\"\(runtime.precision)\" is not one of fp32, fp16")
+        }
+        guard ["all", "phase"].contains(runtime.residency) else {
+            throw fail("$.runtime.residency", "\"\(runtime.residency)\" is not one of all, phase")
         }
         guard runtime.threads >= 1, runtime.warmup >= 0, runtime.repeats >= 1 else {
             throw fail("$.runtime", "threads and repeats must be >= 1, warmup >= 0")

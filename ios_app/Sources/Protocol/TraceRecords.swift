@@ -54,7 +54,8 @@ struct DeviceInfo: Codable, Equatable {
 }
 
 /// `meta.runtime`: accelerator, precision, threads, delegate (each may be null, always written); open
-/// beyond those: `extra` holds e.g. precision_loss_allowed and metal_wait_type.
+/// beyond those: `extra` holds residency (the request's runtime.residency, null when it could not be read),
+/// precision_loss_allowed and metal_wait_type.
 struct RuntimeInfo: Codable, Equatable {
     var accelerator: String?
     var precision: String?

@@ -43,15 +43,22 @@ struct RunInputs {
     }
 }
 
-/// The three loaded components and the names of their outputs.
+/// Loads one component for one stage (residency "phase"): (component, spec, repeat, warmup) -> model.
+typealias StageLoader = (String, ModelSpec, Int, Bool) throws -> LiteRTModel
+
+/// The three components and the names of their outputs. A component is either held for the whole run
+/// (runtime.residency "all") or nil, and then `stageLoader` loads it for its stage only ("phase").
 final class LoadedModels {
-    let textEncoder: LiteRTModel
-    let unet: LiteRTModel
-    let vaeDecoder: LiteRTModel
+    let textEncoder: LiteRTModel?
+    let unet: LiteRTModel?
+    let vaeDecoder: LiteRTModel?
     let textEncoderOutput: String
     let unetOutput: String
     let vaeOutput: String
+    private let specs: ModelsSpec
+    private let stageLoader: StageLoader?
 
+    /// Residency "all": the three models, loaded before the first generation and held to the end.
     init(textEncoder: LiteRTModel, unet: LiteRTModel, vaeDecoder: LiteRTModel, request: RunRequest) {
         self.textEncoder = textEncoder
         self.unet = unet
@@ -59,6 +66,42 @@ final class LoadedModels {
         textEncoderOutput = request.models.textEncoder.outputName
         unetOutput = request.models.unet.outputName
         vaeOutput = request.models.vaeDecoder.outputName
+        specs = request.models
+        stageLoader = nil
+    }
+
+    /// Residency "phase": nothing held; every generation loads each model right before its stage.
+    init(request: RunRequest, stageLoader: @escaping StageLoader) {
+        textEncoder = nil
+        unet = nil
+        vaeDecoder = nil
+        textEncoderOutput = request.models.textEncoder.outputName
+        unetOutput = request.models.unet.outputName
+        vaeOutput = request.models.vaeDecoder.outputName
+        specs = request.models
+        self.stageLoader = stageLoader
+    }
+
+    /// `body` with the component's model: the held one, or one loaded now (a `load` span, phase "stage",
+    /// inside the generation) that is released when `body` returns: this frame holds its only reference.
+    func withStage<T>(_ component: String, repeatIndex: Int, warmup: Bool, _ body: (LiteRTModel) throws -> T)
+        throws -> T
+    {
+        let held: LiteRTModel?
+        switch component {
+        case "text_encoder": held = textEncoder
+        case "unet": held = unet
+        case "vae_decoder": held = vaeDecoder
+        default: throw RunnerError("\(component): not a component")
+        }
+        if let model = held {
+            return try body(model)
+        }
+        guard let stageLoader = stageLoader, let spec = specs.all.first(where: { $0.0 == component })?.1 else {
+            throw RunnerError("\(component): not loaded and no stage loader to load it")
+        }
+        let model = try stageLoader(component, spec, repeatIndex, warmup)
+        return try withExtendedLifetime(model) { try body(model) }
     }
 }
 
@@ -128,7 +171,7 @@ final class Runner {
     // MARK: - Records
 
     private func writeMeta(runId: String?, runtime: RuntimeSpec?, delegate: DelegateSetup?) throws {
-        var extra: [String: JSONValue] = [:]
+        var extra: [String: JSONValue] = ["residency": runtime.map { JSONValue.string($0.residency) } ?? .null]
         if let delegate = delegate {
             extra["precision_loss_allowed"] = .bool(delegate.precisionLossAllowed)
             if let waitType = delegate.metalWaitType {
@@ -210,11 +253,26 @@ final class Runner {
             try RunFiles.verify(RunFiles.resolve(modelsDir, block.file), sha256: block.sha256, what: "block \(block.name)")
         }
 
-        var models: LoadedModels? = LoadedModels(
-            textEncoder: try load(req.models.textEncoder, component: "text_encoder", modelsDir, rt, setup),
-            unet: try load(req.models.unet, component: "unet", modelsDir, rt, setup),
-            vaeDecoder: try load(req.models.vaeDecoder, component: "vae_decoder", modelsDir, rt, setup),
-            request: req)
+        var models: LoadedModels?
+        if rt.residency == "phase" {
+            // The same load measurements, each instance released before the next component loads; every
+            // generation then loads each model right before its stage and releases it right after.
+            for (component, spec) in req.models.all {
+                _ = try load(spec, component: component, modelsDir, rt, setup)
+            }
+            models = LoadedModels(request: req) { component, spec, repeatIndex, warmup in
+                try self.loadModel(RunFiles.resolve(modelsDir, spec.file), signature: spec.signature,
+                                   inputs: spec.inputs, outputs: spec.outputs, component: component,
+                                   threads: rt.threads, setup: setup, phases: ["stage"],
+                                   repeatIndex: repeatIndex, warmup: warmup)
+            }
+        } else {
+            models = LoadedModels(
+                textEncoder: try load(req.models.textEncoder, component: "text_encoder", modelsDir, rt, setup),
+                unet: try load(req.models.unet, component: "unet", modelsDir, rt, setup),
+                vaeDecoder: try load(req.models.vaeDecoder, component: "vae_decoder", modelsDir, rt, setup),
+                request: req)
+        }
         if prof.perOp {
             try tracer.event("warning", "per_op profiling is not available in the ios runner (TensorFlowLiteSwift has no op profiler); skipped")
         }
@@ -264,10 +322,11 @@ final class Runner {
     }
 
     /// Load `path` once per phase (a "warm" load is a second load of the same file), one `load` span each;
-    /// returns the last instance, its signature checked against the request.
+    /// returns the last instance, its signature checked against the request. Stage loads (residency
+    /// "phase") pass the generation's `repeatIndex` / `warmup` for their span.
     private func loadModel(_ path: URL, signature: String, inputs: [TensorSpec], outputs: [TensorSpec],
-                           component: String, threads: Int, setup: DelegateSetup, phases: [String]) throws
-        -> LiteRTModel
+                           component: String, threads: Int, setup: DelegateSetup, phases: [String],
+                           repeatIndex: Int = 0, warmup: Bool = false) throws -> LiteRTModel
     {
         var model: LiteRTModel? = nil
         for phase in phases {
@@ -275,7 +334,8 @@ final class Runner {
             let args: TraceArgs = [
                 "phase": .string(phase), "file": .string(path.lastPathComponent), "delegate": .string(setup.name),
             ]
-            model = try tracer.span("load", .load, component: component, args: args) {
+            model = try tracer.span("load", .load, component: component, repeatIndex: repeatIndex, warmup: warmup,
+                                    args: args) {
                 try LiteRTModel(path: path, signature: signature, threads: threads, delegate: setup)
             }
         }
@@ -293,7 +353,9 @@ final class Runner {
         ]
     }
 
-    /// One full generation, exactly the protocol's loop, in float32; spans for every stage.
+    /// One full generation, exactly the protocol's loop, in float32; spans for every stage. With residency
+    /// "phase" each stage (text encoder, the UNet for all steps, the decoder) runs on a model loaded right
+    /// before it and released right after it, so only one component is in memory at a time.
     private func generate(_ models: LoadedModels, _ inputs: RunInputs, steps: Int, repeatIndex: Int, warmup: Bool,
                           record: Bool) throws -> Generation
     {
@@ -302,48 +364,55 @@ final class Runner {
         var x: [Float] = []
         var image: [Float] = []
         try tracer.span("generation", .total, repeatIndex: repeatIndex, warmup: warmup) {
-            context = try tracer.span("text_encoder", .component, component: "text_encoder", repeatIndex: repeatIndex,
-                                      warmup: warmup) {
-                let out = try models.textEncoder.run([ProtocolConstants.textEncoderInput: TensorData.bytes(inputs.ids)])
-                return try Runner.output(out, models.textEncoderOutput, "text_encoder")
+            context = try models.withStage("text_encoder", repeatIndex: repeatIndex, warmup: warmup) { textEncoder in
+                try tracer.span("text_encoder", .component, component: "text_encoder", repeatIndex: repeatIndex,
+                                warmup: warmup) {
+                    let out = try textEncoder.run([ProtocolConstants.textEncoderInput: TensorData.bytes(inputs.ids)])
+                    return try Runner.output(out, models.textEncoderOutput, "text_encoder")
+                }
             }
             let n = inputs.noise.count
             x = inputs.noise.map { $0 * inputs.initScale }
-            var dPrev = [Float](repeating: 0, count: n)
-            for i in 0..<steps {
-                try tracer.span("unet_step", .step, component: "unet", step: i, repeatIndex: repeatIndex, warmup: warmup) {
-                    let inScale = inputs.inScale[i]
-                    let m = x.map { $0 * inScale }
-                    let out = try models.unet.run(Runner.unetFeed(m, inputs.tEmb[i], context))
-                    let e = try Runner.output(out, models.unetOutput, "unet")
-                    guard e.count == 2 * n else {
-                        throw RunnerError("unet step \(i): output has \(e.count) values, expected \(2 * n)")
-                    }
-                    let g = inputs.guidance
-                    let dX = inputs.dX[i], dEps = inputs.dEps[i]
-                    let xX = inputs.xX[i], xD = inputs.xD[i], xDprev = inputs.xDprev[i]
-                    var next = [Float](repeating: 0, count: n)
-                    var d = [Float](repeating: 0, count: n)
-                    for j in 0..<n {
-                        let uncond = e[j]
-                        let eps = uncond + g * (e[n + j] - uncond)
-                        let dj = x[j] * dX + eps * dEps
-                        next[j] = x[j] * xX + dj * xD + dPrev[j] * xDprev
-                        d[j] = dj
-                    }
-                    x = next
-                    dPrev = d
-                    if record {
-                        io.append((sample: m + m, noisePred: e))
+            try models.withStage("unet", repeatIndex: repeatIndex, warmup: warmup) { unet in
+                var dPrev = [Float](repeating: 0, count: n)
+                for i in 0..<steps {
+                    try tracer.span("unet_step", .step, component: "unet", step: i, repeatIndex: repeatIndex,
+                                    warmup: warmup) {
+                        let inScale = inputs.inScale[i]
+                        let m = x.map { $0 * inScale }
+                        let out = try unet.run(Runner.unetFeed(m, inputs.tEmb[i], context))
+                        let e = try Runner.output(out, models.unetOutput, "unet")
+                        guard e.count == 2 * n else {
+                            throw RunnerError("unet step \(i): output has \(e.count) values, expected \(2 * n)")
+                        }
+                        let g = inputs.guidance
+                        let dX = inputs.dX[i], dEps = inputs.dEps[i]
+                        let xX = inputs.xX[i], xD = inputs.xD[i], xDprev = inputs.xDprev[i]
+                        var next = [Float](repeating: 0, count: n)
+                        var d = [Float](repeating: 0, count: n)
+                        for j in 0..<n {
+                            let uncond = e[j]
+                            let eps = uncond + g * (e[n + j] - uncond)
+                            let dj = x[j] * dX + eps * dEps
+                            next[j] = x[j] * xX + dj * xD + dPrev[j] * xDprev
+                            d[j] = dj
+                        }
+                        x = next
+                        dPrev = d
+                        if record {
+                            io.append((sample: m + m, noisePred: e))
+                        }
                     }
                 }
             }
-            image = try tracer.span("vae_decoder", .component, component: "vae_decoder", repeatIndex: repeatIndex,
-                                    warmup: warmup) {
-                let scale = inputs.vaeScale
-                let latents = x.map { $0 / scale }
-                let out = try models.vaeDecoder.run([ProtocolConstants.vaeInput: TensorData.bytes(latents)])
-                return try Runner.output(out, models.vaeOutput, "vae_decoder")
+            image = try models.withStage("vae_decoder", repeatIndex: repeatIndex, warmup: warmup) { vaeDecoder in
+                try tracer.span("vae_decoder", .component, component: "vae_decoder", repeatIndex: repeatIndex,
+                                warmup: warmup) {
+                    let scale = inputs.vaeScale
+                    let latents = x.map { $0 / scale }
+                    let out = try vaeDecoder.run([ProtocolConstants.vaeInput: TensorData.bytes(latents)])
+                    return try Runner.output(out, models.vaeOutput, "vae_decoder")
+                }
             }
         }
         return Generation(context: context, latents: x, image: image, unetIO: io)

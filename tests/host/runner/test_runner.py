@@ -38,7 +38,8 @@ def test_run_writes_trace_image_and_status(done_run):
     records = read_trace(run_dir / TRACE_FILE)
     meta = records[0]
     assert meta.TYPE == "meta" and meta.runner == "python-host" and meta.run_id == "test_run"
-    assert meta.runtime == {"accelerator": "cpu", "precision": "fp32", "threads": 2, "delegate": delegate_label()}
+    assert meta.runtime == {"accelerator": "cpu", "precision": "fp32", "threads": 2, "delegate": delegate_label(),
+                            "residency": "all"}
     assert meta.runtime["delegate"].startswith("xnnpack")
     spans = [r for r in records if r.TYPE == "span"]
     loads = [(s.component, s.args["phase"]) for s in spans if s.cat == "load"]
@@ -68,6 +69,60 @@ def test_run_writes_trace_image_and_status(done_run):
     img = np.fromfile(run_dir / IMAGE_F32, dtype="<f4").reshape(1, 3, 64, 64)
     assert np.isfinite(img).all()
     assert np.array_equal(png, to_uint8_hwc(img))
+
+
+def test_phase_residency_loads_each_model_for_its_stage_only(make_run, done_run):
+    run_dir = make_run(runtime={"threads": 2, "warmup": 1, "repeats": 2, "residency": "phase"})
+    assert run(run_dir).ok
+    records = read_trace(run_dir / TRACE_FILE)
+    assert records[0].runtime["residency"] == "phase"
+    spans = [r for r in records if r.TYPE == "span"]
+    loads = [(s.component, s.args["phase"]) for s in spans if s.cat == "load"]
+    # the usual load measurements, then three stage loads per generation, in stage order
+    assert loads[:9] == [(c, p) for c in ("text_encoder", "unet", "vae_decoder") for p in ("cold", "warm", "first_invoke")]
+    assert loads[9:] == [(c, "stage") for _ in range(3) for c in ("text_encoder", "unet", "vae_decoder")]
+    for gen in (s for s in spans if s.name == "generation"):
+        inside = [s for s in spans if s.repeat == gen.repeat and s.warmup == gen.warmup and s.cat != "total"
+                  and gen.start <= s.start and s.t <= gen.t]
+        order = [(s.cat, s.component) for s in inside if s.cat in ("load", "component")]
+        assert order == [("load", "text_encoder"), ("component", "text_encoder"), ("load", "unet"),
+                         ("load", "vae_decoder"), ("component", "vae_decoder")]
+    # same models, same inputs: the same image as with every model held
+    ref = np.fromfile(done_run[0] / IMAGE_F32, dtype="<f4")
+    np.testing.assert_array_equal(np.fromfile(run_dir / IMAGE_F32, dtype="<f4"), ref)
+
+
+def test_a_stage_model_is_released_when_its_stage_ends(make_run, tmp_path):
+    import gc
+    import weakref
+
+    run_dir = make_run(steps=2)
+    req = RunRequest.from_dict(read_json(run_dir / REQUEST_FILE))
+    opened: list[weakref.ref] = []
+
+    def loader(c):
+        from host.runtime import LiteRtModel
+
+        m = LiteRtModel(str(run_dir / "models" / req.models[c].file), threads=2)
+        opened.append(weakref.ref(m))
+        return m
+
+    with TraceWriter(tmp_path / "t.jsonl") as w:
+        tracer = Tracer(w, Clock())
+        alive = []
+        models = Models.per_stage(loader, req)
+        real = models.run_stage
+
+        def spy(component, tr, fn, **k):
+            out = real(component, tr, fn, **k)
+            gc.collect()
+            alive.append([r() is not None for r in opened])
+            return out
+
+        object.__setattr__(models, "run_stage", spy)
+        gen = generate(models, load_inputs(run_dir, req), 2, tracer, repeat=0, warmup=False)
+    assert np.isfinite(gen.image).all()
+    assert alive == [[False], [False, False], [False, False, False]]
 
 
 @pytest.mark.parametrize("scheduler,karras", [("dpmpp_2m", False), ("euler", True), ("ddim", False)])

@@ -2,7 +2,9 @@ package com.sdphone.runner
 
 import com.sdphone.runner.demo.DemoScheduler
 import com.sdphone.runner.protocol.Json
+import com.sdphone.runner.protocol.Keys
 import com.sdphone.runner.protocol.ProtocolError
+import com.sdphone.runner.protocol.Residency
 import com.sdphone.runner.protocol.RunRequest
 import com.sdphone.runner.protocol.RunStatus
 import com.sdphone.runner.protocol.SpanRecord
@@ -41,6 +43,24 @@ class ProtocolTest {
             fail("an unknown key must fail")
         } catch (e: ProtocolError) {
             assertTrue(e.message!!, e.message!!.contains("turbo"))
+        }
+    }
+
+    @Test
+    fun residencyIsOptionalAndChecked() {
+        val text = File(golden, "request.json").readText()
+        assertEquals(Residency.ALL, RunRequest.parse(text).runtime.residency)
+        val absent = text.replaceFirst(Regex(",\\s*\"residency\":\\s*\"all\""), "")
+        assertTrue("the golden request names runtime.residency", absent != text)
+        assertEquals(Residency.ALL, RunRequest.parse(absent).runtime.residency)
+        val phase = RunRequest.parse(text.replaceFirst("\"residency\": \"all\"", "\"residency\": \"phase\""))
+        assertEquals(Residency.PHASE, phase.runtime.residency)
+        assertEquals(Residency.PHASE, (RunRequest.toJson(phase)[Keys.Request.RUNTIME] as Map<*, *>)[Keys.Runtime.RESIDENCY])
+        try {
+            RunRequest.parse(text.replaceFirst("\"residency\": \"all\"", "\"residency\": \"sometimes\""))
+            fail("an unknown residency must fail")
+        } catch (e: ProtocolError) {
+            assertTrue(e.message!!, e.message!!.contains("runtime.residency"))
         }
     }
 

@@ -11,9 +11,9 @@ import com.sdphone.runner.protocol.AcceleratorName
 import com.sdphone.runner.protocol.EventName
 import com.sdphone.runner.protocol.Keys
 import com.sdphone.runner.protocol.LoadPhase
+import com.sdphone.runner.protocol.Residency
 import com.sdphone.runner.protocol.RunFiles
 import com.sdphone.runner.protocol.RunStatus
-import com.sdphone.runner.protocol.RuntimeSpec
 import com.sdphone.runner.protocol.SpanCat
 import com.sdphone.runner.protocol.SpanName
 import com.sdphone.runner.protocol.State
@@ -77,8 +77,9 @@ class MediaPipeRunner(
             s.writeMeta(null, null, extras)
             throw e
         }
-        // MediaPipe picks its own delegate (GPU) and precision; the trace says what is known.
-        val runtime = RuntimeSpec(AcceleratorName.GPU, req.runtime.precision, req.runtime.threads, req.runtime.warmup, req.runtime.repeats)
+        // MediaPipe picks its own delegate (GPU) and precision, and holds its one generator for the whole
+        // run; the trace says what is known.
+        val runtime = req.runtime.copy(accelerator = AcceleratorName.GPU, residency = Residency.ALL)
         s.writeMeta(runtime, DELEGATE, extras)
         s.status(State.RUNNING)
         s.startSampler(req.profiling.memoryIntervalMs)
@@ -100,6 +101,9 @@ class MediaPipeRunner(
         )
         if (req.profiling.perOp || req.profiling.perBlock) {
             tracer.event(EventName.WARNING, "mediapipe engine: per_op and per_block profiling are not available")
+        }
+        if (req.runtime.residency == Residency.PHASE) {
+            tracer.event(EventName.WARNING, "mediapipe engine: runtime.residency 'phase' is not available, the image generator is loaded once and held for the whole run")
         }
         if (!modelDir.isDirectory) {
             throw RunnerError("$modelDir: MediaPipe Image Generator weights folder not found")

@@ -137,6 +137,7 @@ object Keys {
         const val THREADS = "threads"
         const val WARMUP = "warmup"
         const val REPEATS = "repeats"
+        const val RESIDENCY = "residency"
     }
 
     @SchemaObject(pointer = "run_request.schema.json#/properties/profiling")
@@ -176,13 +177,14 @@ object Keys {
         const val FINGERPRINT = "fingerprint"
     }
 
-    /** meta.runtime: the four protocol keys, plus this runner's extras (the object is open). */
+    /** meta.runtime: the four protocol keys, the request's residency, plus this runner's extras (the object is open). */
     @SchemaObject(pointer = "trace_record.schema.json#/\$defs/meta/properties/runtime", open = true)
     object MetaRuntime {
         const val ACCELERATOR = "accelerator"
         const val PRECISION = "precision"
         const val THREADS = "threads"
         const val DELEGATE = "delegate"
+        const val RESIDENCY = "residency"
         const val ENGINE = "engine"
         const val API = "api"
     }
@@ -303,6 +305,13 @@ object PrecisionName {
     const val FP16 = "fp16"
 }
 
+/** runtime.residency: models held for the whole run (the default) or loaded for their stage only. */
+@SchemaEnum(pointers = ["run_request.schema.json#/properties/runtime/properties/residency"])
+object Residency {
+    const val ALL = "all"
+    const val PHASE = "phase"
+}
+
 @SchemaEnum(pointers = ["run_request.schema.json#/\$defs/tensor/properties/dtype"])
 object Dtype {
     const val FLOAT32 = "float32"
@@ -349,6 +358,9 @@ object EventName {
 object LoadPhase {
     const val COLD = "cold"
     const val WARM = "warm"
+
+    /** Residency "phase": a component loaded inside a generation, right before its stage. */
+    const val STAGE = "stage"
 }
 
 /** memory.source values written by this runner. */

@@ -21,6 +21,8 @@ data class MetaRecord(
     val precision: String?,
     val threads: Int?,
     val delegate: String?,
+    /** runtime.residency of the request ("all" / "phase"); null when the request could not be read. */
+    val residency: String? = null,
     /** Extra meta.runtime keys (Keys.MetaRuntime extras), e.g. the engine. */
     val runtimeExtras: Map<String, Any?> = emptyMap(),
 ) : TraceRecord() {
@@ -40,6 +42,7 @@ data class MetaRecord(
                 put(Keys.MetaRuntime.PRECISION, precision)
                 put(Keys.MetaRuntime.THREADS, threads)
                 put(Keys.MetaRuntime.DELEGATE, delegate)
+                put(Keys.MetaRuntime.RESIDENCY, residency)
                 for ((k, v) in runtimeExtras) {
                     put(k, v)
                 }

@@ -124,6 +124,8 @@ data class RuntimeSpec(
     val threads: Int,
     val warmup: Int,
     val repeats: Int,
+    /** [Residency.ALL]: the three models held for the whole run; [Residency.PHASE]: loaded for their stage only. */
+    val residency: String = Residency.ALL,
 )
 
 data class ProfilingSpec(
@@ -325,6 +327,7 @@ data class RunRequest(
                 threads = r.getInt(Keys.Runtime.THREADS),
                 warmup = r.getInt(Keys.Runtime.WARMUP),
                 repeats = r.getInt(Keys.Runtime.REPEATS),
+                residency = oneOf(r.optString(Keys.Runtime.RESIDENCY) ?: Residency.ALL, "runtime.residency", Residency.ALL, Residency.PHASE),
             )
             r.finish()
 
@@ -435,6 +438,7 @@ data class RunRequest(
                     put(Keys.Runtime.THREADS, r.runtime.threads)
                     put(Keys.Runtime.WARMUP, r.runtime.warmup)
                     put(Keys.Runtime.REPEATS, r.runtime.repeats)
+                    put(Keys.Runtime.RESIDENCY, r.runtime.residency)
                 },
             )
             put(

@@ -26,7 +26,10 @@ import java.io.File
  * - accelerator "npu": refused (needs vendor dispatch libraries and NPU-compiled models).
  *
  * One [Environment] per run, without LiteRT's compiler cache, so that a "cold" load compiles from
- * scratch and a "warm" load only benefits from the OS page cache (as on the host runner).
+ * scratch and a "warm" load only benefits from the OS page cache (as on the host runner). With
+ * runtime.residency "phase" every stage load compiles its model again in that environment, and closing
+ * the model after its stage ([LiteRtModel.close]: its tensor buffers, then CompiledModel.close()) frees
+ * its weights and accelerator memory before the next component loads.
  */
 class LiteRtBackendFactory : BackendFactory {
     override fun delegate(runtime: RuntimeSpec): String? = when (runtime.accelerator) {
@@ -93,7 +96,10 @@ class LiteRtBackend(private val env: Environment, private val options: CompiledM
     }
 }
 
-/** One compiled model with its named input and output buffers, created once and reused for every run. */
+/**
+ * One compiled model with its named input and output buffers, created once per load and reused for every
+ * invocation until [close] (end of the run, or end of its stage with residency "phase").
+ */
 private class LiteRtModel(private val model: CompiledModel, private val file: File, private val spec: ModelSpec) : LoadedModel {
     private val inputBuffers = LinkedHashMap<String, TensorBuffer>()
     private val outputBuffers = LinkedHashMap<String, TensorBuffer>()

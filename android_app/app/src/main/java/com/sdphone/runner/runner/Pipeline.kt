@@ -53,17 +53,53 @@ class Inputs(
     }
 }
 
-/** The three loaded components and the names of their first outputs. */
-class Models(val textEncoder: LoadedModel, val unet: LoadedModel, val vaeDecoder: LoadedModel, request: RunRequest) : AutoCloseable {
+/**
+ * The three components and the names of their first outputs. A component is either held for the whole
+ * run (runtime.residency "all": [held]) or loaded by a [StageLoader] for its stage only ("phase": [perStage]).
+ */
+class Models private constructor(
+    private val resident: Map<String, LoadedModel>,
+    private val stageLoader: StageLoader?,
+    request: RunRequest,
+) : AutoCloseable {
+    private val specs = request.components.associateBy { it.name }
     val textEncoderOutput = request.textEncoder.outputs.first().name
     val unetOutput = request.unet.outputs.first().name
     val vaeOutput = request.vaeDecoder.outputs.first().name
 
-    override fun close() {
-        textEncoder.close()
-        unet.close()
-        vaeDecoder.close()
+    /**
+     * [block] with [component]'s model: the held one, or one the stage loader loads now (its `load` span,
+     * phase "stage", falls inside the generation) and that is closed as soon as [block] returns or throws.
+     */
+    fun <T> runStage(component: String, repeat: Int, warmup: Boolean, block: (LoadedModel) -> T): T {
+        val held = resident[component]
+        if (held != null) {
+            return block(held)
+        }
+        val loader = stageLoader ?: throw RunnerError("$component: not loaded and no stage loader to load it")
+        return loader.load(specs.getValue(component), repeat, warmup).use(block)
     }
+
+    override fun close() {
+        resident.values.forEach { it.close() }
+    }
+
+    companion object {
+        /** Residency "all": the three models, loaded before the first generation, held until [close]. */
+        fun held(textEncoder: LoadedModel, unet: LoadedModel, vaeDecoder: LoadedModel, request: RunRequest) = Models(
+            linkedMapOf(Keys.Models.TEXT_ENCODER to textEncoder, Keys.Models.UNET to unet, Keys.Models.VAE_DECODER to vaeDecoder),
+            null,
+            request,
+        )
+
+        /** Residency "phase": nothing held; every generation loads each model right before its stage. */
+        fun perStage(request: RunRequest, loader: StageLoader) = Models(emptyMap(), loader, request)
+    }
+}
+
+/** Loads a component for one stage (residency "phase"); its load span carries the generation's repeat / warmup. */
+fun interface StageLoader {
+    fun load(spec: ModelSpec, repeat: Int, warmup: Boolean): LoadedModel
 }
 
 /** One generation's results; [unetIo] holds (sample fed, raw UNet output) per step when recorded. */
@@ -103,7 +139,11 @@ fun unetFeed(m: FloatArray, latentShape: IntArray, tEmbRow: FloatArray, context:
     )
 }
 
-/** One full generation with spans for every stage (host/runner/pipeline.py generate). */
+/**
+ * One full generation with spans for every stage (host/runner/pipeline.py generate). With residency
+ * "phase" each stage (text encoder, the UNet for all steps, the decoder) runs on a model loaded right
+ * before it and released right after it, so only one component is in memory at a time.
+ */
 fun generate(
     models: Models,
     inputs: Inputs,
@@ -119,56 +159,62 @@ fun generate(
     var x = FloatArray(0)
     var img: Tensor.F32? = null
     tracer.span(SpanName.GENERATION, SpanCat.TOTAL, repeat = repeat, warmup = warmup) {
-        val c = tracer.span(SpanName.TEXT_ENCODER, SpanCat.COMPONENT, component = Keys.Models.TEXT_ENCODER, repeat = repeat, warmup = warmup) {
-            stage("text_encoder") {
-                output(models.textEncoder.run(mapOf(TensorNames.INPUT_IDS to inputs.ids)), models.textEncoderOutput, "text_encoder")
+        val c = models.runStage(Keys.Models.TEXT_ENCODER, repeat, warmup) { textEncoder ->
+            tracer.span(SpanName.TEXT_ENCODER, SpanCat.COMPONENT, component = Keys.Models.TEXT_ENCODER, repeat = repeat, warmup = warmup) {
+                stage("text_encoder") {
+                    output(textEncoder.run(mapOf(TensorNames.INPUT_IDS to inputs.ids)), models.textEncoderOutput, "text_encoder")
+                }
             }
         }
         ctx = c
         val n = inputs.noise.size
         x = FloatArray(n) { inputs.noise[it] * inputs.initScale }
-        var dPrev = FloatArray(n)
-        for (i in 0 until steps) {
-            val (sample, e) = tracer.span(SpanName.UNET_STEP, SpanCat.STEP, component = Keys.Models.UNET, step = i, repeat = repeat, warmup = warmup) {
-                stage("unet step $i") {
-                    val inScale = inputs.inScale[i]
-                    val m = FloatArray(n) { x[it] * inScale }
-                    val feed = unetFeed(m, inputs.latentShape, inputs.tEmb[i], c)
-                    val out = output(models.unet.run(feed), models.unetOutput, "unet step $i")
-                    val e = out.data
-                    if (e.size != 2 * n) {
-                        throw RunnerError("unet step $i: output has ${e.size} values, expected ${2 * n}")
+        models.runStage(Keys.Models.UNET, repeat, warmup) { unet ->
+            var dPrev = FloatArray(n)
+            for (i in 0 until steps) {
+                val (sample, e) = tracer.span(SpanName.UNET_STEP, SpanCat.STEP, component = Keys.Models.UNET, step = i, repeat = repeat, warmup = warmup) {
+                    stage("unet step $i") {
+                        val inScale = inputs.inScale[i]
+                        val m = FloatArray(n) { x[it] * inScale }
+                        val feed = unetFeed(m, inputs.latentShape, inputs.tEmb[i], c)
+                        val out = output(unet.run(feed), models.unetOutput, "unet step $i")
+                        val e = out.data
+                        if (e.size != 2 * n) {
+                            throw RunnerError("unet step $i: output has ${e.size} values, expected ${2 * n}")
+                        }
+                        val g = inputs.guidance
+                        val dx = inputs.dX[i]
+                        val deps = inputs.dEps[i]
+                        val xx = inputs.xX[i]
+                        val xd = inputs.xD[i]
+                        val xdp = inputs.xDprev[i]
+                        val xNew = FloatArray(n)
+                        val d = FloatArray(n)
+                        for (k in 0 until n) {
+                            val e0 = e[k]
+                            val eps = e0 + g * (e[n + k] - e0)
+                            val dk = x[k] * dx + eps * deps
+                            d[k] = dk
+                            xNew[k] = x[k] * xx + dk * xd + dPrev[k] * xdp
+                        }
+                        x = xNew
+                        dPrev = d
+                        Pair(feed.getValue(TensorNames.SAMPLE) as Tensor.F32, out)
                     }
-                    val g = inputs.guidance
-                    val dx = inputs.dX[i]
-                    val deps = inputs.dEps[i]
-                    val xx = inputs.xX[i]
-                    val xd = inputs.xD[i]
-                    val xdp = inputs.xDprev[i]
-                    val xNew = FloatArray(n)
-                    val d = FloatArray(n)
-                    for (k in 0 until n) {
-                        val e0 = e[k]
-                        val eps = e0 + g * (e[n + k] - e0)
-                        val dk = x[k] * dx + eps * deps
-                        d[k] = dk
-                        xNew[k] = x[k] * xx + dk * xd + dPrev[k] * xdp
-                    }
-                    x = xNew
-                    dPrev = d
-                    Pair(feed.getValue(TensorNames.SAMPLE) as Tensor.F32, out)
                 }
+                if (record) {
+                    io.add(Pair(sample, e))
+                }
+                onStep?.onStep(i, steps)
             }
-            if (record) {
-                io.add(Pair(sample, e))
-            }
-            onStep?.onStep(i, steps)
         }
-        img = tracer.span(SpanName.VAE_DECODER, SpanCat.COMPONENT, component = Keys.Models.VAE_DECODER, repeat = repeat, warmup = warmup) {
-            stage("vae_decoder") {
-                val vs = inputs.vaeScale
-                val latents = Tensor.F32(inputs.latentShape, FloatArray(n) { x[it] / vs })
-                output(models.vaeDecoder.run(mapOf(TensorNames.LATENTS to latents)), models.vaeOutput, "vae_decoder")
+        img = models.runStage(Keys.Models.VAE_DECODER, repeat, warmup) { vaeDecoder ->
+            tracer.span(SpanName.VAE_DECODER, SpanCat.COMPONENT, component = Keys.Models.VAE_DECODER, repeat = repeat, warmup = warmup) {
+                stage("vae_decoder") {
+                    val vs = inputs.vaeScale
+                    val latents = Tensor.F32(inputs.latentShape, FloatArray(n) { x[it] / vs })
+                    output(vaeDecoder.run(mapOf(TensorNames.LATENTS to latents)), models.vaeOutput, "vae_decoder")
+                }
             }
         }
     }

@@ -7,6 +7,7 @@ import com.sdphone.runner.protocol.MemoryRecord
 import com.sdphone.runner.protocol.MetaRecord
 import com.sdphone.runner.protocol.ModelSpec
 import com.sdphone.runner.protocol.ProtocolError
+import com.sdphone.runner.protocol.Residency
 import com.sdphone.runner.protocol.RunFiles
 import com.sdphone.runner.protocol.RunRequest
 import com.sdphone.runner.protocol.RunStatus
@@ -73,7 +74,7 @@ class RunSession(val runDir: File, val platform: Platform, listener: RecordListe
             MetaRecord(
                 t = tracer.now(), runId = runId, runnerVersion = platform.runnerVersion, device = platform.deviceInfo(),
                 accelerator = runtime?.accelerator, precision = runtime?.precision, threads = runtime?.threads,
-                delegate = if (runtime == null) null else delegate, runtimeExtras = extras,
+                delegate = if (runtime == null) null else delegate, residency = runtime?.residency, runtimeExtras = extras,
             ),
         )
         metaWritten = true
@@ -236,12 +237,23 @@ class Runner(
 
         val backend = stage("create ${rt.accelerator} backend") { backends.create(rt) }
         backend.use {
-            var models: Models? = Models(
-                textEncoder = load(backend, mdir, req.textEncoder, tracer),
-                unet = load(backend, mdir, req.unet, tracer),
-                vaeDecoder = load(backend, mdir, req.vaeDecoder, tracer),
-                request = req,
-            )
+            var models: Models? = if (rt.residency == Residency.PHASE) {
+                // The same load measurements, each instance closed before the next component loads; every
+                // generation then loads each model right before its stage and closes it right after.
+                for (m in req.components) {
+                    load(backend, mdir, m, tracer).close()
+                }
+                Models.perStage(req) { spec, repeat, warmup ->
+                    load(backend, mdir, spec, tracer, listOf(LoadPhase.STAGE), repeat = repeat, warmup = warmup)
+                }
+            } else {
+                Models.held(
+                    textEncoder = load(backend, mdir, req.textEncoder, tracer),
+                    unet = load(backend, mdir, req.unet, tracer),
+                    vaeDecoder = load(backend, mdir, req.vaeDecoder, tracer),
+                    request = req,
+                )
+            }
             try {
                 val steps = req.scheduler.steps
                 val total = rt.warmup + rt.repeats
@@ -313,7 +325,8 @@ class Runner(
 
         /**
          * Loads [spec] once per phase (a "warm" load is a second load of the same file), one load span
-         * each (component = model name, args phase and file); returns the last instance.
+         * each (component = model name, args phase and file); returns the last instance. Stage loads
+         * (residency "phase") pass the generation's [repeat] / [warmup] for their span.
          */
         fun load(
             backend: ModelBackend,
@@ -321,13 +334,15 @@ class Runner(
             spec: ModelSpec,
             tracer: Tracer,
             phases: List<String> = listOf(LoadPhase.COLD, LoadPhase.WARM),
+            repeat: Int = 0,
+            warmup: Boolean = false,
         ): LoadedModel {
             var model: LoadedModel? = null
             for (phase in phases) {
                 model?.close() // release the previous instance before loading the next
                 model = null
                 model = tracer.span(
-                    SpanName.LOAD, SpanCat.LOAD, component = spec.name,
+                    SpanName.LOAD, SpanCat.LOAD, component = spec.name, repeat = repeat, warmup = warmup,
                     args = json {
                         put(Keys.Args.PHASE, phase)
                         put(Keys.Args.FILE, spec.file)

@@ -24,24 +24,58 @@ import java.io.File
  *   blk_b         noise_pred = h + context[b, 1, 0] * 0.1f      (so the chain equals the unet exactly)
  */
 class FakeBackendFactory : BackendFactory {
+    /** What happened to the component models of the run (runtime.residency shows here). */
+    val ledger = ModelLedger()
+
     override fun delegate(runtime: RuntimeSpec): String? = "fake"
 
     override val runtimeExtras: Map<String, Any?> = linkedMapOf("engine" to "fake-jvm")
 
-    override fun create(runtime: RuntimeSpec): ModelBackend = FakeBackend()
+    override fun create(runtime: RuntimeSpec): ModelBackend = FakeBackend(ledger)
 }
 
-class FakeBackend : ModelBackend {
+/** Loads of the three component models (block models are not counted), and how many were open at once. */
+class ModelLedger {
+    var loads = 0
+        private set
+    var live = 0
+        private set
+    var peakLive = 0
+        private set
+
+    fun opened() {
+        loads++
+        live++
+        peakLive = maxOf(peakLive, live)
+    }
+
+    fun closed() {
+        live--
+    }
+
+    fun toJson(): Map<String, Any?> = linkedMapOf("loads" to loads, "peak_live" to peakLive, "live_at_end" to live)
+}
+
+class FakeBackend(private val ledger: ModelLedger = ModelLedger()) : ModelBackend {
     override fun load(file: File, spec: ModelSpec): LoadedModel {
         if (!file.isFile) throw RunnerError("$file: not found")
-        return FakeModel(spec)
+        val component = spec.signature in COMPONENTS
+        if (component) ledger.opened()
+        return FakeModel(spec) { if (component) ledger.closed() }
     }
 
     override fun close() {}
+
+    companion object {
+        val COMPONENTS = setOf("text_encoder", "unet", "vae_decoder")
+    }
 }
 
-private class FakeModel(val spec: ModelSpec) : LoadedModel {
+private class FakeModel(val spec: ModelSpec, private val onClose: () -> Unit) : LoadedModel {
+    private var closed = false
+
     override fun run(inputs: Map<String, Tensor>): Map<String, Tensor> {
+        if (closed) throw RunnerError("fake backend: ${spec.name} run after close()")
         val out = spec.outputs.first()
         val data: FloatArray = when (spec.signature) {
             "text_encoder" -> {
@@ -94,7 +128,12 @@ private class FakeModel(val spec: ModelSpec) : LoadedModel {
         }
     }
 
-    override fun close() {}
+    override fun close() {
+        if (!closed) {
+            closed = true
+            onClose()
+        }
+    }
 }
 
 class JvmPlatform : Platform {

@@ -8,14 +8,17 @@ import java.io.File
 
 /**
  * Command-line entry for tests/apps/test_android_app.py (JVM, no Android):
- *   run <run_dir>                        run the folder with the fake backend, print the status JSON
+ *   run <run_dir>                        run the folder with the fake backend; print the component models'
+ *                                        ledger ({"loads", "peak_live", "live_at_end"}), then the status JSON
  *   parse <request.json>                 parse + check a request, print it back as JSON (or the error)
  *   table <name> <steps> <karras> <dim>  print DemoScheduler.table as JSON
  */
 fun main(args: Array<String>) {
     when (args.getOrNull(0)) {
         "run" -> {
-            val st = Runner(JvmPlatform(), FakeBackendFactory()).run(File(args[1]))
+            val factory = FakeBackendFactory()
+            val st = Runner(JvmPlatform(), factory).run(File(args[1]))
+            println(Json.write(factory.ledger.toJson()))
             println(Json.write(st.toJson()))
         }
         "parse" -> {
