@@ -2,7 +2,7 @@
 Stable Diffusion example (converted to LiteRT) and diffusers / transformers in fp32 PyTorch eager.
 
 ``python -m host.bench pipeline [--model sd14|tiny] [--steps 20] [--size 512] [--repeats 3] [--threads 2]
-[--systems ours-baseline,ours-optimized,litert-example,torch-eager] [--out DIR] [--json FILE]``
+[--systems ours-baseline,ours-optimized,ours-int8,litert-example,torch-eager] [--out DIR] [--json FILE]``
 
 Every system runs the protocol's generation loop (docs/protocol.md: text encoder, ``steps`` UNet steps
 with classifier-free guidance as one batch-2 call, decoder) on the same tokens, noise and scheduler
@@ -15,8 +15,10 @@ Each system is prepared (built / converted / found in the artifact store) in one
 another, fresh one, so its peak RSS is its own. A run subprocess prints one JSON line on stdout; a
 system that fails is reported with its one-line error and the others go on.
 
-* ours-baseline / ours-optimized: ``host.build`` (seeded random weights), then ``host.request.prepare_run``
-  + ``host.runner.run``; timings from the run's trace.jsonl, peak RSS from its memory records.
+* ours-baseline / ours-optimized (the host profile's optimized set, "cpu") / ours-int8 (+gn_gelu-int8:
+  dynamic-range int8 weights): ``host.build`` (seeded
+  random weights), then ``host.request.prepare_run`` + ``host.runner.run``; timings from the run's trace.jsonl,
+  peak RSS from its memory records. ours-int8's image is compared with ours-baseline's (PSNR).
 * litert-example: litert-torch's example modules, every tensor initialised from seeded generators
   (host/bench/refs.py), converted as its convert_to_tflite.py does, run with the same LiteRT/XNNPACK
   runtime as our runner (host.runtime.open_model). Its text encoder takes batch 1 (called twice, cond and uncond,
@@ -44,8 +46,22 @@ from typing import Any, Callable
 
 from host.bench.refs import BenchError
 
-SYSTEMS = ("ours-baseline", "ours-optimized", "litert-example", "torch-eager")
-BASELINE, OPTIMIZED = "ours-baseline", "ours-optimized"
+SYSTEMS = ("ours-baseline", "ours-optimized", "ours-int8", "litert-example", "torch-eager")
+BASELINE, OPTIMIZED, INT8 = "ours-baseline", "ours-optimized", "ours-int8"
+#: our systems: (variant, quantization). ours-optimized is the host profile's optimized set (runtime.optimized:
+#: "cpu"). The int8 one is dynamic-range (int8 weights, fp32 activations) with that set's switches except
+#: Winograd, which int8 cannot take (host.build.builder.check_buildable): fused GroupNorm/GELU.
+OURS = {BASELINE: ("baseline", "fp32"), OPTIMIZED: ("optimized", "fp32"), INT8: ("+gn_gelu", "int8")}
+#: issue 6's goals: (key, what, goal as a bound on the ratio)
+TARGETS = (
+    ("optimized_step_vs_example", "UNet step: ours-optimized / litert-example", 0.6),
+    ("optimized_step_vs_floor", "UNet step: ours-optimized / direct-convolution floor", 1.3),
+    ("optimized_generation_vs_example", "generation: ours-optimized / litert-example", 0.6),
+    ("baseline_rss_vs_files", "peak RSS: ours-baseline / its model files", 1.2),
+    ("optimized_rss_vs_files", "peak RSS: ours-optimized / its model files", 1.2),
+    ("int8_rss_vs_files", "peak RSS: ours-int8 / its model files", 1.2),
+    ("int8_step_vs_example", "UNet step: ours-int8 / litert-example", 0.35),
+)
 METRICS = ("unet_step", "text_encoder", "vae_decoder", "generation")
 METRIC_LABELS = {"unet_step": "UNet step", "text_encoder": "text encoder", "vae_decoder": "VAE decoder",
                  "generation": "generation", "peak_rss": "peak RSS"}
@@ -67,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="measured generations per system (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed generations before the measured ones (default 1)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--residency", choices=("all", "phase"), default="phase",
+                   help="our systems' model residency (docs/protocol.md): phase (default) loads each model for its "
+                        "stage and releases it after, so the peak is the largest model's; all holds the three")
     p.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, from: {', '.join(SYSTEMS)}")
     p.add_argument("--scheduler", default="dpmpp_2m")
     p.add_argument("--guidance", type=float, default=7.5)
@@ -115,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or REPO / "runs" / "bench" / f"pipeline-{stamp}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     settings = {"model": args.model, "steps": args.steps, "size": size, "repeats": args.repeats, "warmup": args.warmup,
-                "threads": args.threads, "systems": systems, "scheduler": args.scheduler, "guidance": args.guidance,
+                "threads": args.threads, "residency": args.residency, "systems": systems, "scheduler": args.scheduler, "guidance": args.guidance,
                 "seed": args.seed, "seed_weights": args.seed_weights, "prompt": args.prompt, "negative_prompt": "",
                 "artifacts": str((args.artifacts or default_artifacts()).resolve()), "out": str(out)}
     print(f"pipeline benchmark: {args.model} {size}x{size}, {args.steps} steps, CFG batch 2, {args.threads} threads, "
@@ -129,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     report = assemble(settings, results, argv)
     report["flop_floor"] = flop_floor(results)
     report["image_check"] = image_check(out, results)
+    report["targets"] = targets(report)
     text = render(report)
     print(text)
     (out / "summary.txt").write_text(text + "\n")
@@ -345,23 +365,61 @@ def flop_floor(results: dict[str, dict]) -> dict | None:
 
 
 def image_check(out: Path, results: dict[str, dict]) -> dict:
-    """Relative L2 difference of each system's final image against ours-baseline's (same weights and inputs
-    for ours-optimized and torch-eager; the litert-example has other weights and is not compared)."""
+    """Relative L2 difference and PSNR (range [-1, 1]) of each system's final image against ours-baseline's (same
+    weights and inputs for ours-optimized, ours-int8 and torch-eager; the litert-example has other weights)."""
     import numpy as np
+
+    from host.traces.compare import psnr
 
     ref_path = out / BASELINE / "image.npy"
     if not ref_path.is_file() or (results.get(BASELINE) or {}).get("status") != "ok":
         return {}
     ref = np.load(ref_path).astype(np.float64)
     checks = {}
-    for s in (OPTIMIZED, "torch-eager"):
+    for s in (OPTIMIZED, INT8, "torch-eager"):
         p = out / s / "image.npy"
         if (results.get(s) or {}).get("status") == "ok" and p.is_file():
             img = np.load(p).astype(np.float64)
             if img.shape == ref.shape:
                 checks[s] = {"rel_l2_vs_ours_baseline": float(np.linalg.norm(img - ref) / max(np.linalg.norm(ref), 1e-30)),
-                             "max_abs_diff": float(np.max(np.abs(img - ref)))}
+                             "max_abs_diff": float(np.max(np.abs(img - ref))),
+                             "psnr_db_vs_ours_baseline": min(psnr(img, ref), 999.0)}  # identical -> 999 (JSON has no inf)
     return checks
+
+
+def targets(report: dict) -> list[dict]:
+    """Issue 6's goals, each as a ratio of two figures measured in this run (medians), with its bound and the
+    margin: ``ratio / goal - 1`` (> 0: missed by that fraction). Goals whose figures this run lacks are left out."""
+    results = report["systems"]
+    ok = {s: r for s, r in results.items() if r.get("status") == "ok"}
+
+    def step(s):
+        return _median(ok.get(s), "unet_step")
+
+    def files(s):
+        sizes = (((ok.get(s) or {}).get("prepare") or {}).get("info") or {}).get("size_bytes") or {}
+        return float(sum(sizes.values())) if sizes else None
+
+    floor = ((report.get("flop_floor") or {}).get(BASELINE) or {}).get("floor_s")
+    figures = {
+        "optimized_step_vs_example": (step(OPTIMIZED), step("litert-example")),
+        "optimized_step_vs_floor": (step(OPTIMIZED), floor),
+        "optimized_generation_vs_example": (_median(ok.get(OPTIMIZED), "generation"),
+                                            _median(ok.get("litert-example"), "generation")),
+        "baseline_rss_vs_files": (_median(ok.get(BASELINE), "peak_rss"), files(BASELINE)),
+        "optimized_rss_vs_files": (_median(ok.get(OPTIMIZED), "peak_rss"), files(OPTIMIZED)),
+        "int8_rss_vs_files": (_median(ok.get(INT8), "peak_rss"), files(INT8)),
+        "int8_step_vs_example": (step(INT8), step("litert-example")),
+    }
+    out = []
+    for key, what, goal in TARGETS:
+        value, ref = figures[key]
+        if value is None or not ref:
+            continue
+        ratio = value / ref
+        out.append({"key": key, "what": what, "value": value, "reference": ref, "ratio": ratio, "goal": goal,
+                    "met": ratio <= goal, "margin": ratio / goal - 1.0})
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -385,7 +443,8 @@ def render(report: dict) -> str:
     lines = [
         "",
         f"== pipeline benchmark: {st['model']} {st['size']}x{st['size']}, {st['steps']} steps ({st['scheduler']}), "
-        f"CFG batch 2, {st['threads']} threads, warmup {st['warmup']} + {st['repeats']} measured repeats ==",
+        f"CFG batch 2, {st['threads']} threads, warmup {st['warmup']} + {st['repeats']} measured repeats, "
+        f"our models' residency {st.get('residency', 'all')} ==",
         "median [min - max] over repeats; UNet step = median step of each repeat; peak RSS = VmHWM of the system's process",
     ]
     cols = list(METRICS)
@@ -431,7 +490,18 @@ def render(report: dict) -> str:
     elif ff:
         lines += ["", f"UNet FLOP floor unavailable: {ff['error']}"]
 
+    if report.get("targets"):
+        lines += ["", "targets (issue 6; ratio of medians measured in this run):"]
+        for t in report["targets"]:
+            verdict = "met" if t["met"] else f"MISSED by {t['margin'] * 100:.0f}%"
+            lines.append(f"  {t['what']:<55} {t['ratio']:6.3f}  goal <= {t['goal']:<4g} {verdict}")
+
     notes = []
+    ours = [f"{s} = {(p := (r.get('prepare') or {}).get('info') or {}).get('variant')}"
+            + (f"-{p['quantization']}" if p.get("quantization") not in (None, "fp32") else "")
+            for s, r in ok.items() if s in OURS]
+    if ours:
+        notes.append("our builds: " + ", ".join(ours))
     for s, r in ok.items():
         info = (r.get("run") or {}).get("info") or {}
         if info.get("note"):
@@ -439,7 +509,7 @@ def render(report: dict) -> str:
     if report.get("image_check"):
         for s, c in report["image_check"].items():
             notes.append(f"{s}: final image vs ours-baseline (same weights and inputs): rel L2 {c['rel_l2_vs_ours_baseline']:.3g}, "
-                         f"max |diff| {c['max_abs_diff']:.3g}")
+                         f"max |diff| {c['max_abs_diff']:.3g}, PSNR {c['psnr_db_vs_ours_baseline']:.1f} dB")
     if st["model"] == "tiny" and "litert-example" in ok:
         notes.append("tiny: the litert-example uses litert-torch's fake configs (other widths than our tiny config), "
                      "so its ratios compare different networks")
@@ -518,12 +588,17 @@ def _prepare_ours(system: str, spec: dict, sdir: Path) -> dict:
     from models.config import get_variant
 
     root = Path(spec["artifacts"])
-    variant = "baseline" if system == BASELINE else "optimized"
+    variant, quant = OURS[system]
+    if system == OPTIMIZED:  # this machine's optimized set (device_profiles/host.toml: runtime.optimized)
+        from host.profiles import load_profile
+
+        variant = load_profile("host").runtime.optimized
     weights = resolve(spec["model"], None, spec["seed_weights"], spec["size"], str(root / "checkpoint-index.json"))
     t0 = time.perf_counter()
-    manifest, build_dir, cached = build_variant(get_variant(variant), weights,
+    manifest, build_dir, cached = build_variant(get_variant(variant, quant), weights,
                                                 BuildOptions(root=root, threads=spec["threads"]), log=log)
-    return {"info": {"build_dir": str(build_dir), "variant": variant, "cached": cached, "build_key": manifest["build_key"],
+    return {"info": {"build_dir": str(build_dir), "variant": variant, "quantization": quant, "cached": cached,
+                     "build_key": manifest["build_key"],
                      "build_seconds": round(time.perf_counter() - t0, 2),
                      "size_bytes": {c: m["size_bytes"] for c, m in manifest["components"].items()}}}
 
@@ -544,7 +619,7 @@ def _run_ours(system: str, spec: dict, sdir: Path) -> dict:
                 seed=spec["seed"], steps=spec["steps"], scheduler=spec["scheduler"], guidance=spec["guidance"],
                 size=spec["size"],
                 runtime={"accelerator": "cpu", "precision": "fp32", "threads": spec["threads"], "warmup": spec["warmup"],
-                         "repeats": spec["repeats"]},
+                         "repeats": spec["repeats"], "residency": spec.get("residency", "all")},
                 profiling={"memory_interval_ms": 50, "per_op": False, "per_block": False, "block_models": []},
                 run_id=f"bench_{system}")
     log(f"{system}: running {run_dir}")

@@ -383,12 +383,25 @@ def _bench(d: ReportData) -> str:
         note = ((r.get("run") or {}).get("info") or {}).get("note")
         if note:
             notes.append(f"<li>{escape(name)}: {escape(note)}</li>")
+    for name, c in (b.get("image_check") or {}).items():
+        if isinstance(c, dict) and "psnr_db_vs_ours_baseline" in c:
+            notes.append(f"<li>{escape(name)}: final image vs ours-baseline's (same weights and inputs): PSNR "
+                         f"{c['psnr_db_vs_ours_baseline']:.1f} dB, rel. L2 {c.get('rel_l2_vs_ours_baseline', float('nan')):.3g}</li>")
     intro = (f"<p>{escape(str(st.get('model')))} {st.get('size')}×{st.get('size')}, {st.get('steps')} steps, CFG batch 2, "
              f"{st.get('threads')} threads, {st.get('warmup')} warm-up + {st.get('repeats')} measured generations per "
              f"system, each system in its own process; median [min – max] over repeats (UNet step: each repeat's "
              f"median step). Measured {escape(str(b.get('created_utc')))} by <code>python -m host.bench pipeline</code>"
              f" ({escape(str(d.bench_source or ''))}), not in the runs below.</p>")
     table = f"<table class='sortable'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    goals = []
+    for t in b.get("targets") or ():
+        if isinstance(t, dict) and "ratio" in t:
+            verdict = "met" if t.get("met") else f"missed by {t.get('margin', 0.0) * 100:.0f}%"
+            goals.append(f"<tr><td>{escape(str(t.get('what')))}</td><td>{t['ratio']:.3f}</td><td>≤ {t['goal']:g}</td>"
+                         f"<td class='{'' if t.get('met') else 'bad'}'>{verdict}</td></tr>")
+    if goals:
+        table += ("<h3>Targets</h3><table><thead><tr><th>ratio (medians of this run)</th><th>measured</th><th>goal</th>"
+                  f"<th>verdict</th></tr></thead><tbody>{''.join(goals)}</tbody></table>")
     return _section("bench", "Side by side: ours vs the references",
                     intro + table + (f"<ul class='note'>{''.join(notes)}</ul>" if notes else ""))
 

@@ -69,6 +69,9 @@ def test_ratios_and_cross_checks(full_run):
     checks = report["image_check"]
     assert checks["torch-eager"]["rel_l2_vs_ours_baseline"] < 1e-3
     assert checks["ours-optimized"]["rel_l2_vs_ours_baseline"] < 1e-3
+    # int8 weights change the image, measurably but not into noise.
+    assert 15.0 < checks["ours-int8"]["psnr_db_vs_ours_baseline"] < checks["ours-optimized"]["psnr_db_vs_ours_baseline"]
+    assert report["systems"]["ours-int8"]["prepare"]["info"]["quantization"] == "int8"
 
     torch_info = report["systems"]["torch-eager"]["run"]["info"]["fp32"]
     assert torch_info["autocast_cpu_enabled"] is False and torch_info["float32_matmul_precision"] == "highest"
@@ -85,6 +88,17 @@ def test_ratios_and_cross_checks(full_run):
     for system in pipeline.SYSTEMS:
         assert system in text
     assert "ratio to ours-baseline" in text and "speedup" in text and "FLOP floor" in text
+
+    # Issue 6's goals, each a ratio of two medians of this run.
+    goals = {t["key"]: t for t in report["targets"]}
+    assert set(goals) == {k for k, _, _ in pipeline.TARGETS}
+    step = {s: report["systems"][s]["stats"]["unet_step"]["median"] for s in pipeline.SYSTEMS}
+    t = goals["int8_step_vs_example"]
+    assert t["ratio"] == pytest.approx(step["ours-int8"] / step["litert-example"]) and t["goal"] == 0.35
+    assert t["met"] == (t["ratio"] <= 0.35) and t["margin"] == pytest.approx(t["ratio"] / 0.35 - 1)
+    files = sum(report["systems"]["ours-baseline"]["prepare"]["info"]["size_bytes"].values())
+    assert goals["baseline_rss_vs_files"]["reference"] == files
+    assert "targets (issue 6" in text and "UNet step: ours-int8 / litert-example" in text
 
 
 def test_a_failing_system_is_reported_and_the_others_still_run(full_run, artifact_root, tmp_path, monkeypatch, capsys):
@@ -123,6 +137,7 @@ def test_the_report_shows_the_benchmark_side_by_side(full_run, tmp_path):
     assert "<section id='bench'" in html and "<section id='layers'" in html
     for system in pipeline.SYSTEMS:
         assert f"<td>{system}</td>" in html
+    assert "<h3>Targets</h3>" in html and "peak RSS: ours-int8 / its model files" in html
     dom, _ = rendered_dom(out / "report.html", tmp_path / "profile")
     assert 'href="#bench"' in dom
     # Systems other than ours ran each model once before timing (ours: the runner's first_invoke phase).
