@@ -72,6 +72,10 @@ def test_ratios_and_cross_checks(full_run):
     # int8 weights change the image, measurably but not into noise.
     assert 15.0 < checks["ours-int8"]["psnr_db_vs_ours_baseline"] < checks["ours-optimized"]["psnr_db_vs_ours_baseline"]
     assert report["systems"]["ours-int8"]["prepare"]["info"]["quantization"] == "int8"
+    variants = {s: report["systems"][s]["prepare"]["info"]["variant"] for s in pipeline.OURS}
+    assert variants == {"ours-baseline": "baseline", "ours-optimized": "cpu",  # the host profile's optimized set
+                        "ours-paper": "optimized", "ours-int8": "+gn_gelu"}
+    assert checks["ours-paper"]["rel_l2_vs_ours_baseline"] < 1e-3
 
     torch_info = report["systems"]["torch-eager"]["run"]["info"]["fp32"]
     assert torch_info["autocast_cpu_enabled"] is False and torch_info["float32_matmul_precision"] == "highest"
