@@ -499,9 +499,10 @@ def render(report: dict) -> str:
             lines.append(f"  {t['what']:<55} {t['ratio']:6.3f}  goal <= {t['goal']:<4g} {verdict}")
 
     notes = []
-    ours = [f"{s} = {(p := (r.get('prepare') or {}).get('info') or {}).get('variant')}"
-            + (f"-{p['quantization']}" if p.get("quantization") not in (None, "fp32") else "")
-            for s, r in ok.items() if s in OURS]
+    from host.build.cli import variant_label
+
+    ours = [f"{s} = {variant_label(str(p.get('variant')), p.get('quantization'))}"
+            for s, r in ok.items() if s in OURS and (p := (r.get("prepare") or {}).get("info") or {})]
     if ours:
         notes.append("our builds: " + ", ".join(ours))
     for s, r in ok.items():

@@ -173,8 +173,10 @@ def parse_config(raw: dict[str, Any], path: Path) -> FarmConfig:
         if not variants:
             raise err("farm.variants", "must name at least one variant")
         for i, v in enumerate(variants):
+            if not isinstance(v, str):
+                raise err(f"farm.variants[{i}]", f"expected a variant name, got {v!r}")
             try:
-                parse_variant(v) if isinstance(v, str) else parse_variant(repr(v))  # labels as deploy takes them
+                parse_variant(v)  # names (and quantization labels) as host.deploy takes them
             except ConfigError as e:
                 raise err(f"farm.variants[{i}]", str(e)) from None
         if len(set(variants)) != len(variants):

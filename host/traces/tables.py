@@ -209,10 +209,9 @@ def variant_name(run_id: str | None = None, request: Mapping | None = None, mani
     if manifest:
         v = manifest.get("variant")
         if isinstance(v, Mapping):
-            quant = v.get("quantization")
-            v = v.get("name")
-            if v and quant not in (None, "fp32"):  # as host.build.cli.variant_label names it
-                v = f"{v}-{quant}"
+            from host.build.cli import variant_label
+
+            v = variant_label(v["name"], v.get("quantization")) if v.get("name") else None
         if v:
             return str(v)
     if run_id:
