@@ -6,6 +6,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from host.protocol.constants import COMPONENTS
 from host.protocol.messages import BlockModelSpec, RunRequest
 from host.runner.loading import Inputs, RunnerError, output_name
 from host.runner.tracing import Tracer
@@ -31,10 +32,9 @@ class Models:
 
     @classmethod
     def per_stage(cls, loader: Callable[[str], LiteRtModel], request: RunRequest) -> "Models":
-        names = ("text_encoder", "unet", "vae_decoder")
         return cls(text_encoder=None, unet=None, vae_decoder=None, loader=loader,
-                   outputs={c: output_name(request.models[c]) for c in names},
-                   files={c: request.models[c].file for c in names})
+                   outputs={c: output_name(request.models[c]) for c in COMPONENTS},
+                   files={c: request.models[c].file for c in COMPONENTS})
 
     def run_stage(self, component: str, tracer: Tracer, fn: Callable[[LiteRtModel], Any], *, repeat: int,
                   warmup: bool) -> Any:
