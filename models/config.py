@@ -258,6 +258,9 @@ class Optimizations:
         Winograd-domain kernel is (m+2)^2/9 times the 3x3 kernel (4x for m=4), so it pays at the
         high-resolution, narrow levels (compute-bound) and not at the 1280-channel 8x8/16x16 levels,
         where it would multiply the largest weights for little compute.
+    winograd_wide: the Winograd tile for the convs ``winograd_max_channels`` leaves out, 0 for direct.
+        F(2,3) grows a kernel 16/9 times instead of 4 times; on XNNPACK the wide direct convs are the slowest
+        per FLOP in the UNet (a 2560 -> 1280 conv at 16x16: 545 ms direct, 122 ms F(2,3) on this project's host).
     """
 
     gn_gelu: bool = False
@@ -268,9 +271,10 @@ class Optimizations:
     winograd_unet: int = 0
     winograd_decoder: int = 0
     winograd_max_channels: int = 640
+    winograd_wide: int = 0
 
     def validate(self) -> None:
-        for key in ("winograd_unet", "winograd_decoder"):
+        for key in ("winograd_unet", "winograd_decoder", "winograd_wide"):
             v = getattr(self, key)
             if v not in (0,) + WINOGRAD_TILES:
                 raise ConfigError(f"{key}={v} must be 0 (off) or one of {WINOGRAD_TILES}")
@@ -305,8 +309,9 @@ LADDER["optimized"] = LADDER["+winograd"]
 # The set that runs fastest on a CPU (LiteRT's XNNPACK, measured on this project's 2-core x86 host): fused
 # GroupNorm/GELU and Winograd, but neither the partially fused softmax nor the flash tiling. Those two are GPU
 # optimizations; on XNNPACK the fused SOFTMAX op beats the decomposed max / exp / sum, and the tiling adds
-# reshapes (full-size down_blocks.0 alone: baseline 2.10 s, optimized 2.43 s, this set 1.47 s).
-LADDER["cpu"] = Optimizations(gn_gelu=True, winograd_unet=4, winograd_decoder=4)
+# reshapes (full-size down_blocks.0 alone: baseline 2.10 s, optimized 2.43 s, this set 1.47 s). The convs
+# over 640 input channels take F(2,3) (see ``winograd_wide``).
+LADDER["cpu"] = Optimizations(gn_gelu=True, winograd_unet=4, winograd_decoder=4, winograd_wide=2)
 #: the paper's ablation ladder, in order (the other names are aliases or device-specific sets)
 RUNGS = ("baseline", "+gn_gelu", "+softmax", "+flash", "+winograd")
 
@@ -339,7 +344,7 @@ def component_opts(component: str, opts: Optimizations) -> dict[str, Any]:
     keep = {"gn_gelu", "softmax"}
     if component == "unet":
         keep |= {"winograd_unet", "flash"} | ({"flash_block_q", "flash_block_kv"} if opts.flash else set())
-        keep |= {"winograd_max_channels"} if opts.winograd_unet else set()
+        keep |= {"winograd_max_channels", "winograd_wide"} if opts.winograd_unet else set()
     else:
-        keep |= {"winograd_decoder"} | ({"winograd_max_channels"} if opts.winograd_decoder else set())
+        keep |= {"winograd_decoder"} | ({"winograd_max_channels", "winograd_wide"} if opts.winograd_decoder else set())
     return {k: d[k] for k in sorted(keep)}

@@ -151,17 +151,17 @@ class Conv3x3(nn.Conv2d):
     With ``winograd_m`` set, ``prepare()`` (called once after the weights are loaded) transforms the
     kernel into the Winograd domain; ``forward`` then runs the input transform as a small constant
     convolution, the channel mixing as one batched GEMM over the (m+2)^2 tile positions, and the
-    output transform as a stride-m transposed convolution.
+    output transform as one matrix product over all tiles and channels.
     """
 
     def __init__(self, cin: int, cout: int, winograd_m: int = 0):
         super().__init__(cin, cout, kernel_size=3, stride=1, padding=1)
         self.winograd_m = winograd_m
         if winograd_m:
-            bker, aker = winograd.transform_kernels(winograd_m)
+            bker, amat = winograd.transform_kernels(winograd_m)
             # Graph constants, not weights: never in a state dict.
             self.register_buffer("wino_in", bker, persistent=False)
-            self.register_buffer("wino_out", aker, persistent=False)
+            self.register_buffer("wino_out", amat, persistent=False)
             self.register_buffer("wino_u", None, persistent=False)
 
     def prepare(self) -> None:
@@ -182,11 +182,13 @@ class Conv3x3(nn.Conv2d):
 WINOGRAD_MIN_CHANNELS = 16
 
 
-def conv3x3(cin: int, cout: int, winograd_m: int, max_channels: int) -> Conv3x3:
-    """A stride-1 3x3 conv; Winograd with tile ``winograd_m`` when on, ``cin <= max_channels`` and both sides
-    have at least WINOGRAD_MIN_CHANNELS channels."""
-    use = cin <= max_channels and min(cin, cout) >= WINOGRAD_MIN_CHANNELS
-    return Conv3x3(cin, cout, winograd_m if use else 0)
+def conv3x3(cin: int, cout: int, winograd_m: int, opts) -> Conv3x3:
+    """A stride-1 3x3 conv of a component whose Winograd tile is ``winograd_m`` (0: direct). Winograd needs
+    WINOGRAD_MIN_CHANNELS on both sides; a conv with more than ``opts.winograd_max_channels`` input channels
+    takes the tile ``opts.winograd_wide`` instead (0: direct)."""
+    if not winograd_m or min(cin, cout) < WINOGRAD_MIN_CHANNELS:
+        return Conv3x3(cin, cout, 0)
+    return Conv3x3(cin, cout, winograd_m if cin <= opts.winograd_max_channels else opts.winograd_wide)
 
 
 def prepare(module: nn.Module) -> nn.Module:

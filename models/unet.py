@@ -129,7 +129,7 @@ class UNet(nn.Module):
         soft = "partial" if opts.softmax else "softmax"
         # FlashAttention pays at the highest resolution (the 64x64 level, head dim 40 at full size).
         mode_at = lambda level: "flash" if (opts.flash and level == 0) else soft  # noqa: E731
-        self.conv_in = conv3x3(cfg.in_channels, ch[0], opts.winograd_unet, opts.winograd_max_channels)
+        self.conv_in = conv3x3(cfg.in_channels, ch[0], opts.winograd_unet, opts)
         self.time_embedding = TimestepEmbedding(cfg.time_proj_dim, cfg.time_embed_dim)
         self.down_blocks = nn.ModuleList(
             DownBlock(ch[max(i - 1, 0)], ch[i], cfg, t == "CrossAttnDownBlock2D", i < n - 1, mode_at(i), opts)
@@ -144,7 +144,7 @@ class UNet(nn.Module):
                                mode_at(n - 1 - i), opts))
         self.up_blocks = nn.ModuleList(ups)
         self.conv_norm_out = GroupNorm(cfg.norm_num_groups, ch[0], cfg.norm_eps, opts.gn_gelu)
-        self.conv_out = conv3x3(ch[0], cfg.out_channels, opts.winograd_unet, opts.winograd_max_channels)
+        self.conv_out = conv3x3(ch[0], cfg.out_channels, opts.winograd_unet, opts)
 
     def stages(self) -> list[Stage]:
         """The forward pass as named stages, each one UNet block (what the per-block profile times)."""

@@ -39,11 +39,15 @@ def component_key(component: str, cfg: ModelConfig, variant: Variant, weights: W
     part = {"text_encoder": cfg.text_encoder, "unet": cfg.unet, "vae_decoder": cfg.vae}[component]
     # The quantizer fix decides quantized bytes (and only those: fp32 keys stay as they were).
     fix = {} if variant.quantization == "fp32" else {"quantize_fix": quantize.source_hash()}
+    # Winograd's code is in the graph only where a Winograd tile is on (so editing it leaves direct builds cached).
+    opts = component_opts(component, variant.opts)
+    if opts.get("winograd_unet") or opts.get("winograd_decoder"):
+        fix["winograd"] = cache.scoped_hash("models/winograd.py")
     return cache.digest({**fix,
         "component": component,
         "config": part,
         "geometry": {"image_size": cfg.image_size, "cfg_batch": cfg.cfg_batch},
-        "opts": component_opts(component, variant.opts),
+        "opts": opts,
         "quantization": variant.quantization,
         "weights": weights.identity,
         "code": cache.code_hash(),

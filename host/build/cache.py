@@ -26,6 +26,8 @@ TOOLS = ("torch", "litert-torch", "ai-edge-litert", "ai-edge-quantizer", "tensor
 _ROOT = Path(__file__).resolve().parents[2]
 # The sources that decide a .tflite's bytes and its verdict: authoring, conversion, gate bounds.
 _SOURCES = ("models/*.py", "host/build/convert.py", "host/build/gates.py")
+#: sources only some graphs contain: each is part of the keys of the components that use it (``scoped_hash``)
+SCOPED = ("models/winograd.py",)
 
 
 @lru_cache(maxsize=1)
@@ -42,10 +44,20 @@ def tool_versions() -> dict[str, str]:
 @lru_cache(maxsize=1)
 def code_hash() -> str:
     h = hashlib.sha256()
+    scoped = {_ROOT / p for p in SCOPED}
     for pattern in _SOURCES:
         for p in sorted(_ROOT.glob(pattern)):
-            h.update(p.name.encode() + b"\0" + p.read_bytes())
+            if p not in scoped:
+                h.update(p.name.encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
+
+
+@lru_cache(maxsize=None)
+def scoped_hash(source: str) -> str:
+    """The hash of one of the SCOPED sources."""
+    if source not in SCOPED:
+        raise ValueError(f"{source} is not a scoped source")
+    return hashlib.sha256((_ROOT / source).read_bytes()).hexdigest()[:16]
 
 
 def digest(obj: Any) -> str:

@@ -55,12 +55,14 @@ def add_build_arguments(p: argparse.ArgumentParser, several_variants: bool = Fal
     sw.add_argument("--winograd-unet", type=int, default=None, help=f"tile m in {WINOGRAD_TILES}, 0 = off")
     sw.add_argument("--winograd-decoder", type=int, default=None, help=f"tile m in {WINOGRAD_TILES}, 0 = off")
     sw.add_argument("--winograd-max-channels", type=int, default=None)
+    sw.add_argument("--winograd-wide", type=int, default=None,
+                    help=f"tile m in {WINOGRAD_TILES} for the convs over --winograd-max-channels, 0 = direct")
     sw.add_argument("--flash-block-q", type=int, default=None)
     sw.add_argument("--flash-block-kv", type=int, default=None)
 
 
 SWITCH_ARGS = ("gn_gelu", "softmax", "flash", "winograd_unet", "winograd_decoder", "winograd_max_channels",
-               "flash_block_q", "flash_block_kv")
+               "winograd_wide", "flash_block_q", "flash_block_kv")
 
 
 def variants_from_args(args) -> list:

@@ -67,19 +67,30 @@ def test_flash_tiles_the_highest_resolution_attention(tiny_builds):
 
 @pytest.mark.parametrize("m", [2, 4, 6])
 def test_winograd_tiles_pass_their_gates(tiny_builds, m):
+    direct, _ = tiny_builds.get("+flash")
     manifest, _ = tiny_builds.get("+flash", components=("unet", "vae_decoder"), winograd_unet=m, winograd_decoder=m)
     for comp in ("unet", "vae_decoder"):
         ops = _main_ops(manifest, comp)
-        assert ops["TRANSPOSE_CONV"] > 0  # the output transform
+        assert ops["BATCH_MATMUL"] > _main_ops(direct, comp)["BATCH_MATMUL"]  # one GEMM per Winograd conv
+        assert "TRANSPOSE_CONV" not in ops  # the output transform is a matrix product, not a deconvolution
         g = _gates(manifest["components"][comp])["variant_vs_baseline"]
         metric, bound = gates.variant_bounds(comp, "fp32")
         assert g["metric"] == metric and g["bound"] == bound and g["passed"]
 
 
 def test_winograd_is_selectable_per_component(tiny_builds):
+    direct, _ = tiny_builds.get("+flash")
     manifest, _ = tiny_builds.get("+flash", components=("unet", "vae_decoder"), winograd_unet=0, winograd_decoder=4)
-    assert "TRANSPOSE_CONV" not in _main_ops(manifest, "unet")
-    assert _main_ops(manifest, "vae_decoder")["TRANSPOSE_CONV"] > 0
+    assert _main_ops(manifest, "unet")["BATCH_MATMUL"] == _main_ops(direct, "unet")["BATCH_MATMUL"]
+    assert _main_ops(manifest, "vae_decoder")["BATCH_MATMUL"] > _main_ops(direct, "vae_decoder")["BATCH_MATMUL"]
+
+
+def test_wide_convs_with_their_own_tile_pass_the_gates(tiny_builds):
+    # On the tiny config every conv is narrow; a low max_channels makes the deeper levels "wide".
+    narrow, _ = tiny_builds.get("cpu", components=("unet",), winograd_max_channels=32, winograd_wide=0)
+    wide, _ = tiny_builds.get("cpu", components=("unet",), winograd_max_channels=32, winograd_wide=2)
+    assert _main_ops(wide, "unet")["BATCH_MATMUL"] > _main_ops(narrow, "unet")["BATCH_MATMUL"]
+    assert _gates(wide["components"]["unet"])["variant_vs_baseline"]["passed"]
 
 
 @pytest.mark.parametrize("variant, quant", [("optimized", "fp16"), ("+flash", "int8")])
