@@ -41,6 +41,41 @@ def test_memory_sampler_writes_records_until_stopped(tmp_path):
     assert len(mem) >= 3 and all(r.TYPE == "memory" and r.source == "proc_status" for r in mem)
 
 
+def test_memory_is_sampled_while_the_gil_is_held(tmp_path):
+    # LiteRT's bindings keep the GIL for a whole invocation; list.sort does too. A sampling thread would get
+    # no sample in while it runs; the helper process keeps sampling and the records land right after.
+    path = tmp_path / "trace.jsonl"
+    data = np.random.default_rng(0).random(3_000_000).tolist()
+    with TraceWriter(path) as w:
+        w.write(META)
+        tracer = Tracer(w, Clock())
+        sampler = MemorySampler(tracer, 0.01).start()
+        time.sleep(0.3)  # the helper's interpreter starts
+        t0 = tracer.now()
+        data.sort()
+        t1 = tracer.now()
+        sampler.stop()
+    assert t1 - t0 > 0.3, "the GIL-holding call was too short to tell"
+    inside = [r for r in read_trace(path)[1:] if t0 < r.t < t1]
+    assert len(inside) >= 0.5 * (t1 - t0) / 0.01, (len(inside), t1 - t0)
+    assert all(r.rss_bytes > 0 and r.peak_bytes >= r.rss_bytes for r in inside)
+    times = [r.t for r in read_trace(path)[1:]]
+    assert times == sorted(times)
+
+
+def test_memory_sampler_falls_back_to_a_thread_on_another_status_file(tmp_path):
+    status = tmp_path / "status"
+    status.write_text("VmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n")
+    with TraceWriter(tmp_path / "trace.jsonl") as w:
+        w.write(META)
+        sampler = MemorySampler(Tracer(w, Clock()), 0.002, path=str(status)).start()
+        time.sleep(0.03)
+        sampler.stop()
+        assert sampler._proc is None
+    mem = read_trace(tmp_path / "trace.jsonl")[1:]
+    assert len(mem) >= 3 and {r.rss_bytes for r in mem} == {1024 * 1024}
+
+
 class _Add:
     """Stands in for a LiteRtModel: y = a + b."""
 
