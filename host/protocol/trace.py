@@ -28,7 +28,11 @@ class TraceWriter:
     def __init__(self, path: str | os.PathLike, append: bool = False) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._file = open(self.path, "a" if append else "w", encoding="utf-8")
+        if not append:
+            open(self.path, "w").close()
+        # Unbuffered append: each record is one write(2) at the end of the file, so another process may append
+        # records to the same trace at the same time (the runner's memory sampler does) without a torn line.
+        self._file = open(self.path, "ab", buffering=0)
 
     def write(self, record: Record) -> None:
         """Append ``record`` (a record dataclass or a dict) as one line, then flush and fsync."""
@@ -37,8 +41,9 @@ class TraceWriter:
         with self._lock:
             if self._file.closed:
                 raise ValueError(f"{self.path}: trace is closed")
-            self._file.write(line)
-            self._file.flush()
+            data = line.encode("utf-8")
+            while data:
+                data = data[self._file.write(data):]
             os.fsync(self._file.fileno())
 
     @property

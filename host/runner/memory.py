@@ -1,6 +1,7 @@
 """Background sampling of this process's memory from /proc/self/status into ``memory`` trace records."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,16 +31,18 @@ def read_proc_status(path: str = PROC_STATUS) -> tuple[int, int | None] | None:
     return values["VmRSS"], values.get("VmHWM")
 
 
-#: The helper process: prints "<perf_counter> <VmRSS bytes> <VmHWM bytes>" for the watched pid every interval,
-#: and exits when that process is gone or its parent (the runner) is.
+#: The helper process: appends one memory record to the trace every interval (argv: pid, interval, trace path,
+#: the tracer's zero on perf_counter's scale, a record template), until its stdin closes (the runner stops it
+#: or dies) or the watched process is gone.
 _PROBE = r"""
-import os, sys, time
-pid, interval, parent = int(sys.argv[1]), float(sys.argv[2]), os.getppid()
-path = f"/proc/{pid}/status"
-while os.getppid() == parent:
+import json, os, select, sys, time
+pid, interval, path, t0, template = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], float(sys.argv[4]), json.loads(sys.argv[5])
+status = f"/proc/{pid}/status"
+fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+while True:
     v = {}
     try:
-        with open(path) as f:
+        with open(status) as f:
             for line in f:
                 k, _, rest = line.partition(":")
                 if k in ("VmRSS", "VmHWM"):
@@ -48,23 +51,27 @@ while os.getppid() == parent:
         break
     if "VmRSS" not in v:
         break
+    rec = dict(template, t=round(time.perf_counter() - t0, 6), rss_bytes=v["VmRSS"], peak_bytes=v.get("VmHWM"))
+    data = (json.dumps(rec, separators=(",", ":")) + "\n").encode()
     try:
-        sys.stdout.write(f"{time.perf_counter()!r} {v['VmRSS']} {v.get('VmHWM', -1)}\n")
-        sys.stdout.flush()
-    except (BrokenPipeError, OSError):
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    except OSError:
         break
-    time.sleep(interval)
+    if select.select([sys.stdin], [], [], interval)[0]:
+        break
 """
 
 
 class MemorySampler:
     """One memory record every ``interval_s`` (plus one at start and stop), for the running process.
 
-    The samples are taken by a helper process, because LiteRT's Python bindings hold the GIL while a model
-    runs: a sampling thread would see nothing during a 13 s UNet step. A reader thread stamps each line on
-    the tracer's clock (``perf_counter`` is the same monotonic clock in both processes) and writes it when it
-    next gets the GIL, so samples taken inside an invocation land in the trace right after it. Where no helper
-    can be started (no /proc), the thread samples itself, as before.
+    The samples are taken and written by a helper process that appends them to the trace itself: LiteRT's
+    Python bindings hold the GIL for a whole invocation, so a thread of this process would get no sample in
+    during a 13 s UNet step, nor write one. Both processes append whole lines (:class:`TraceWriter` writes each
+    record with one append), and ``perf_counter`` is the same monotonic clock in both. Where no helper can be
+    started (no /proc, a status file given for tests), a thread samples instead.
     """
 
     def __init__(self, tracer: Tracer, interval_s: float, path: str = PROC_STATUS) -> None:
@@ -75,11 +82,13 @@ class MemorySampler:
         self._proc: subprocess.Popen | None = None
         self._thread = threading.Thread(target=self._loop, name="memory-sampler", daemon=True)
 
+    def record(self, rss: int, peak: int | None) -> MemoryRecord:
+        return MemoryRecord(t=self._tracer.now(), rss_bytes=rss, source=SOURCE, peak_bytes=peak)
+
     def sample(self) -> None:
         got = read_proc_status(self._path)
         if got is not None:
-            rss, peak = got
-            self._tracer.write(MemoryRecord(t=self._tracer.now(), rss_bytes=rss, source=SOURCE, peak_bytes=peak))
+            self._tracer.write(self.record(*got))
 
     def _loop(self) -> None:
         try:
@@ -90,48 +99,40 @@ class MemorySampler:
         except (OSError, ValueError):  # the trace went away (disk full, closed): stop quietly
             return
 
-    def _read(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
+    def _start_helper(self) -> bool:
+        trace = getattr(self._tracer.writer, "path", None)
+        if self._path != PROC_STATUS or trace is None or not os.path.isdir(f"/proc/{os.getpid()}"):
+            return False
         t0 = time.perf_counter() - self._tracer.clock.now()  # the tracer's zero on perf_counter's scale
+        template = json.dumps(self.record(0, None).to_dict())
         try:
-            for line in self._proc.stdout:
-                if self._stop.is_set():
-                    return
-                try:
-                    t, rss, peak = line.split()
-                    record = MemoryRecord(t=round(float(t) - t0, 6), rss_bytes=int(rss), source=SOURCE,
-                                          peak_bytes=int(peak) if int(peak) >= 0 else None)
-                except ValueError:
-                    continue
-                self._tracer.write(record)
-        except (OSError, ValueError):  # the trace went away: stop quietly
-            return
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _PROBE, str(os.getpid()), repr(self._interval), str(trace), repr(t0), template],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        except OSError:
+            self._proc = None
+        return self._proc is not None
 
     def start(self) -> "MemorySampler":
-        if self._path == PROC_STATUS and os.path.isdir(f"/proc/{os.getpid()}"):
-            try:
-                self._proc = subprocess.Popen([sys.executable, "-c", _PROBE, str(os.getpid()), repr(self._interval)],
-                                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, bufsize=1)
-            except OSError:
-                self._proc = None
-            else:
-                self.sample()  # the helper's first line comes once its interpreter is up
-                self._thread = threading.Thread(target=self._read, name="memory-sampler", daemon=True)
-        self._thread.start()
+        if self._start_helper():
+            self.sample()  # the helper's first record comes once its interpreter is up
+        else:
+            self._thread.start()
         return self
 
     def stop(self) -> None:
         """Stop sampling (idempotent) and take a last sample."""
         if self._stop.is_set():
             return
-        if self._proc is not None:
-            self._proc.terminate()
-            self._proc.wait()
-            if self._thread.is_alive():
-                self._thread.join()  # writes what the helper printed before it ended
-            self._proc.stdout.close()
         self._stop.set()
-        if self._thread.is_alive():
+        if self._proc is not None:
+            self._proc.stdin.close()  # the helper's signal to finish its last write and exit
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        elif self._thread.is_alive():
             self._thread.join()
         try:
             self.sample()
