@@ -166,6 +166,22 @@ def delegate_label(env=os.environ) -> str:
     return "xnnpack (CompiledModel" + (", weight cache)" if cache_dir(env) else ")")
 
 
+#: room left beside a new weight cache (the packed weights take about the model file's size)
+CACHE_SPARE_BYTES = 256 << 20
+
+
+def check_cache_space(folder: str, path: str) -> None:
+    """XNNPACK aborts the process when a cache write fails (full disk: SIGABRT from weight_cache.cc); refuse
+    first, with the numbers."""
+    import shutil
+
+    need = os.path.getsize(path) + CACHE_SPARE_BYTES
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise HarnessError(f"{folder}: {free / 2**30:.1f} GiB free, the XNNPACK weight cache of {os.path.basename(path)} "
+                           f"needs about {need / 2**30:.1f} GiB; free some space or set {CACHE_ENV}=off")
+
+
 def open_model(path: str, threads: int = 2, sha256: str | None = None, env=os.environ):
     """The model on the configured host runtime: :class:`LiteRtModel` or :class:`CompiledLiteRtModel` (with a
     weight cache file named after the model's sha256 and the runtime version, made under a lock so that
@@ -190,6 +206,7 @@ def open_model(path: str, threads: int = 2, sha256: str | None = None, env=os.en
         try:
             if os.path.isfile(cache):  # made while we waited
                 return CompiledLiteRtModel(path, threads=threads, weight_cache=cache)
+            check_cache_space(folder, path)
             # XNNPACK packs the weights and writes the cache while the model is created; written under a
             # temporary name and renamed once complete, so a killed run never leaves a torn cache behind
             tmp = f"{cache}.{os.getpid()}.tmp"

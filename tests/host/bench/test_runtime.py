@@ -37,3 +37,21 @@ def test_runtime_benchmark_prints_and_saves_every_config(tiny_builds, tmp_path, 
     assert doc["results"][3]["cache_bytes"] > 0
     text = capsys.readouterr().out
     assert "peak RSS / file" in text and "compiled-cache (warm)" in text
+
+
+def test_a_weight_cache_that_would_not_fit_is_refused_in_one_line(tiny_builds, tmp_path, monkeypatch):
+    # XNNPACK aborts the whole process when it cannot write the cache (it did on a full disk).
+    import shutil
+
+    import pytest
+
+    from host.errors import HarnessError
+    from host.runtime import CACHE_ENV, open_model
+
+    _, build = tiny_builds.get("baseline")
+    path = str(build / "unet.tflite")
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1 << 20))
+    with pytest.raises(HarnessError, match=rf"^{tmp_path}: 0.0 GiB free, the XNNPACK weight cache of unet.tflite .*{CACHE_ENV}=off"):
+        open_model(path, env={CACHE_ENV: str(tmp_path)})
+    assert not any(p.suffix != ".lock" for p in tmp_path.iterdir())
