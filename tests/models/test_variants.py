@@ -41,7 +41,7 @@ def test_wide_convs_take_their_own_tile():
     cin = {n: m.in_channels for n, m in unet.named_modules() if n in convs}
     assert {convs[n] for n in convs if cin[n] <= narrow} == {opts.winograd_unet}
     assert {convs[n] for n in convs if cin[n] > narrow} == {2}
-    direct = get_variant("cpu", winograd_max_channels=narrow).opts  # winograd_wide 0: wide convs stay direct
+    direct = get_variant("cpu", winograd_max_channels=narrow, winograd_wide=0).opts  # wide convs stay direct
     convs = _winograd_convs(build_module("unet", cfg, direct))
     assert {convs[n] for n in cin if cin[n] > narrow} == {0}
 
