@@ -95,6 +95,7 @@ def test_phone_profile_with_no_phone_attached_fails_fast(tmp_path, artifact_root
 def test_a_full_disk_keeps_what_was_collected(tmp_path, artifact_root, capsys, monkeypatch):
     import host.runner
 
+    monkeypatch.setenv("SDPHONE_HOST_RUNNER", "inprocess")  # the replaced run() must be the one that runs
     real_run = host.runner.run
     calls = []
 
@@ -111,3 +112,80 @@ def test_a_full_disk_keeps_what_was_collected(tmp_path, artifact_root, capsys, m
     first = calls[0]
     assert json.loads((first / STATUS_FILE).read_text())["state"] == "ok"
     assert read_trace(first / TRACE_FILE)
+
+
+def test_the_host_runner_reports_its_own_peak_not_the_deploy_process(tmp_path, artifact_root):
+    import numpy as np
+
+    ballast = np.ones(96 << 20)  # 768 MiB touched in this process: VmHWM of an in-process runner includes it
+    rc = deploy.main(_args(tmp_path, artifact_root, "--variant", "baseline", "--no-profile-blocks"))
+    assert rc == 0 and ballast[-1] == 1.0
+    run = (tmp_path / "runs" / "host" / "latest").resolve() / "baseline"
+    peaks = [r.peak_bytes for r in read_trace(run / TRACE_FILE) if r.TYPE == "memory" and r.peak_bytes]
+    assert peaks and 0 < max(peaks) < ballast.nbytes
+    assert "ok:" in (run / "runner.log").read_text()
+
+
+def _runner_processes(run_dir):
+    import os
+
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if str(run_dir).encode() in f.read():
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def test_a_run_past_its_timeout_is_stopped_in_one_line(tmp_path, artifact_root, capsys):
+    rc = deploy.main(_args(tmp_path, artifact_root, "--variant", "baseline", "--no-profile-blocks", "--timeout", "0.5"))
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and "did not finish within 0.5 s and was stopped" in lines[0], err
+    run = next((tmp_path / "runs" / "host").glob("*/baseline"))
+    assert _runner_processes(run) == []
+
+
+def test_a_killed_runner_keeps_its_trace_and_says_how_it_died(deployed, tmp_path):
+    import shutil
+    import signal
+
+    from host.devices.errors import LowMemoryKilled
+    from host.devices.host import HostDevice
+    from host.profiles import load_profile
+
+    run = tmp_path / "run"
+    shutil.copytree(deployed.resolve() / "baseline", run, symlinks=True)
+    device = HostDevice(load_profile("host"), mode="subprocess")
+    device.poll_interval = 0.01  # the kill lands long before the tiny run could finish
+    seen = []
+
+    def kill_at_first_record(record):
+        seen.append(record)
+        if len(seen) == 1:
+            device._proc.send_signal(signal.SIGKILL)
+
+    device.prepare(run)
+    device.start(run)
+    try:
+        with pytest.raises(LowMemoryKilled, match="killed by SIGKILL"):
+            device.wait(60, on_record=kill_at_first_record)
+    finally:
+        device.cleanup()
+    records = read_trace(run / TRACE_FILE)
+    assert records[0].TYPE == "meta" and seen[0].TYPE == "meta"
+    assert len(seen) == len(records)  # every record written before the kill reached the caller
+    assert json.loads((run / STATUS_FILE).read_text())["state"] == "running"  # never made final
+    assert not any(getattr(r, "name", None) == "total" for r in records)
+
+
+def test_an_unknown_host_runner_mode_is_one_line(tmp_path, artifact_root, capsys, monkeypatch):
+    monkeypatch.setenv("SDPHONE_HOST_RUNNER", "thread")
+    rc = deploy.main(_args(tmp_path, artifact_root, "--variant", "baseline", "--no-profile-blocks"))
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    assert rc == 2 and len(lines) == 1 and "SDPHONE_HOST_RUNNER='thread'" in lines[0], err

@@ -1,9 +1,10 @@
 """A simulated farm on this machine: several host workers in parallel over four nights, on the tiny model.
 
 Faults are planted in the deploy subprocesses by tests/host/farm/plant/sitecustomize.py: a real slowdown
-of every UNet invocation (measured by the runner's own clock) or a real crash (SIGABRT), per worker.
-Nights 1-3: w3 is slow. Night 4: w2 is slow (a regression), w3 is not (an improvement), w4 crashes, and
-w5, a phone behind a remote adb endpoint nobody serves, cannot be reached.
+of every UNet invocation (measured by the runner's own clock) or a real crash (SIGABRT) of the runner process,
+per worker.
+Nights 1-3: w3 is slow. Night 4: w2 is slow (a regression), w3 is not (an improvement), w4's runner crashes,
+w5, a phone behind a remote adb endpoint nobody serves, cannot be reached, and w6's deploy process crashes.
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ vae_decoder_s = 5.0
 """
 HOSTS = "\n".join(f'[[devices]]\nname = "w{i}"\nprofile = "host"\n' for i in (1, 2, 3, 4))
 PHONE = '[[devices]]\nname = "w5"\nprofile = "s23"\nendpoint = "127.0.0.1:9"\n'
+W6 = '[[devices]]\nname = "w6"\nprofile = "host"\n'
 
 
 def write_config(folder: Path, artifacts: Path, devices: str) -> Path:
@@ -80,8 +82,8 @@ def farm(tmp_path_factory, tiny_builds, artifact_root):
         for night in NIGHTS[:3]:
             mp.setenv("SDPHONE_TEST_PLANT", f"w3=slow:{SLOW_MS}")
             codes[night] = farm_main(["run", "--config", str(cfg), "--night", night, "--no-dashboard"])
-        cfg.write_text(cfg.read_text() + "\n" + PHONE)
-        mp.setenv("SDPHONE_TEST_PLANT", f"w2=slow:{SLOW_MS},w4=crash")
+        cfg.write_text(cfg.read_text() + "\n" + PHONE + "\n" + W6)
+        mp.setenv("SDPHONE_TEST_PLANT", f"w2=slow:{SLOW_MS},w4=crash,w6=deploy-crash")
         junit, js = root / "ci" / "junit.xml", root / "ci" / "verdict.json"
         codes[NIGHTS[3]] = farm_main(["run", "--config", str(cfg), "--night", NIGHTS[3], "--junit", str(junit),
                                       "--json", str(js)])
@@ -114,12 +116,16 @@ def test_planted_regression_is_caught_and_improvement_is_not_flagged(farm):
 def test_planted_crash_and_unreachable_phone_stay_isolated(farm):
     doc = json.loads(farm["json"].read_text())
     failed = {r["device"]: r["detail"] for r in doc["failures"]}
-    assert set(failed) == {"w4", "w5"}
-    assert "SIGABRT" in failed["w4"] and "DeviceNotFound" in failed["w5"]
+    assert set(failed) == {"w4", "w5", "w6"}
+    assert "SIGABRT" in failed["w4"] and "DeviceNotFound" in failed["w5"] and "SIGABRT" in failed["w6"]
     att = history.read(farm["history"], "attempts")
     tonight = att[att["run_id"] == doc["run_id"]]
     per_device = tonight.groupby("device")["outcome"].apply(list).to_dict()
-    assert per_device["w4"] == ["crashed", "crashed"]            # retried once (transient), then given up
+    # the runner is the deploy's child process on the host device, as the app is on a phone: its abort is an
+    # AppCrashed error of the deploy (transient: retried once, then given up), the deploy itself survives
+    assert per_device["w4"] == ["error", "error"]
+    assert set(tonight[tonight["device"] == "w4"]["error_type"]) == {"AppCrashed"}
+    assert per_device["w6"] == ["crashed", "crashed"]            # the deploy process died: retried, given up
     assert per_device["w5"] == ["error", "error"]
     assert per_device["w1"] == per_device["w2"] == per_device["w3"] == ["ok"]
     metrics = history.read(farm["history"], "metrics")
@@ -128,7 +134,7 @@ def test_planted_crash_and_unreachable_phone_stay_isolated(farm):
 
 def test_junit_and_terminal_outputs(farm):
     root = ET.parse(farm["junit"]).getroot()
-    assert int(root.get("failures")) >= 2 and root.get("errors") == "2"
+    assert int(root.get("failures")) >= 2 and root.get("errors") == "3"
     failing = {tc.get("classname") for tc in root.iter("testcase") if tc.find("failure") is not None}
     assert failing == {"farm.w2.baseline"}
     run_dir = farm["root"] / "out" / NIGHTS[3] / "_farm"

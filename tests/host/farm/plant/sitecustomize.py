@@ -5,7 +5,8 @@ process runs for (``SDPHONE_FARM_DEVICE``, set by host.farm):
     SDPHONE_TEST_PLANT="w2=slow:40,w3=crash"
 
 ``slow:MS`` adds MS milliseconds to every UNet invocation (a real slowdown, measured by the runner's own
-clock); ``crash`` aborts the process (SIGABRT) at the first UNet invocation, as a native crash would.
+clock); ``crash`` aborts the runner process (SIGABRT) at the first UNet invocation, as a native crash of the app
+would; ``deploy-crash`` aborts the deploy process itself when it starts the runner.
 """
 import os
 
@@ -16,6 +17,15 @@ def _plant() -> None:
     if not fault:
         return
     import time
+
+    if fault == "deploy-crash":
+        import host.devices.host
+
+        def start(self, run_dir_local):
+            os.abort()
+
+        host.devices.host.HostDevice.start = start
+        return
 
     import host.runtime
 
