@@ -114,6 +114,9 @@ class CompiledLiteRtModel:
             outs = self._model.get_output_tensor_details(self.signature)
         except (ValueError, RuntimeError) as e:
             raise ModelLoadError(f"{path}: not a loadable LiteRT model ({str(e).splitlines()[0]})") from None
+        # XNNPACK has packed the weights it runs (into the cache file or, for constant BATCH_MATMUL operands such as
+        # the Winograd kernels, into anonymous memory) and does not read those pages of the model file again
+        self.released_bytes = release_file_pages(path)
         self.load_seconds = time.perf_counter() - t0
         self.path = path
         self.weight_cache = weight_cache
@@ -131,6 +134,45 @@ class CompiledLiteRtModel:
         self._model.run_by_index(0, self._in_buffers, self._out_buffers)
         return {name: np.asarray(buf.read(int(np.prod(shape)), np.dtype(dtype))).reshape(shape)
                 for buf, (name, (shape, dtype)) in zip(self._out_buffers, self.outputs.items())}
+
+
+_MADV_DONTNEED = 4
+
+
+def release_file_pages(path: str, maps: str = "/proc/self/maps") -> int:
+    """Unmap from this process the resident pages of every read-only mapping of ``path`` (``madvise`` with
+    MADV_DONTNEED); returns the bytes of address range advised. The data stays in the file and the page cache: a
+    later read faults it in again, so this only stops the process from holding pages it no longer reads. Measured
+    on the full-size ``cpu`` UNet: 3.86 GiB of the model file stay mapped after XNNPACK has packed the Winograd
+    kernels from them; 0.04 GiB come back over two steps. Writable mappings are never touched (their pages may
+    hold the only copy of a change). No-op (0) where /proc or madvise is unavailable."""
+    import ctypes
+
+    real = os.path.realpath(path)
+    ranges = []
+    try:
+        with open(maps) as f:
+            for line in f:
+                parts = line.split(maxsplit=5)
+                if len(parts) == 6 and parts[5].rstrip("\n") == real and "w" not in parts[1]:
+                    lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                    ranges.append((lo, hi))
+    except OSError:
+        return 0
+    if not ranges:
+        return 0
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+    except (OSError, AttributeError):
+        return 0
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    done = 0
+    for lo, hi in ranges:
+        if madvise(lo, hi - lo, _MADV_DONTNEED) == 0:
+            done += hi - lo
+    return done
 
 
 RUNTIME_ENV = "SDPHONE_HOST_RUNTIME"   # "interpreter" or "compiled" (CompiledModel with XNNPACK's weight cache)
