@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-op", action="store_true", help="also profile every op once per component (LiteRT profiler)")
     p.add_argument("--memory-interval-ms", type=int, default=50)
     p.add_argument("--timeout", type=float, default=None,
-                   help="seconds a phone run may take before it is stopped (default $SDPHONE_RUN_TIMEOUT or 3600)")
+                   help="seconds a run may take before it is stopped (default $SDPHONE_RUN_TIMEOUT or 3600)")
     p.add_argument("--out", type=Path, default=REPO / "runs", help="runs folder (default ./runs)")
     p.add_argument("--engine", choices=("litert", "mediapipe"), default="litert",
                    help="litert: our models (default); mediapipe: Google's MediaPipe Image Generator as a peer, "

@@ -175,6 +175,23 @@ def release_file_pages(path: str, maps: str = "/proc/self/maps") -> int:
     return done
 
 
+def trim_heap() -> bool:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim(0)``); False where there is none.
+
+    Call it after releasing a model. XNNPACK's packed weights under glibc's mmap threshold come from the heap,
+    and after a model is freed its holes stay resident: the runner's prime pass (cold and warm load of each
+    model, full-size ``cpu`` set) left 0.47 GiB in one process, 0.06 GiB after a trim."""
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
+
+
 RUNTIME_ENV = "SDPHONE_HOST_RUNTIME"   # "interpreter" or "compiled" (CompiledModel with XNNPACK's weight cache)
 CACHE_ENV = "SDPHONE_XNNPACK_CACHE"    # folder for XNNPACK weight cache files; "off" disables the cache
 RUNTIMES = ("interpreter", "compiled")

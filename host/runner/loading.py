@@ -10,7 +10,7 @@ import numpy as np
 from host.errors import HarnessError
 from host.protocol.messages import BlockModelSpec, ModelSpec, RunRequest
 from host.runner.tracing import Tracer
-from host.runtime import LiteRtModel, open_model
+from host.runtime import LiteRtModel, open_model, trim_heap
 from host.hashing import file_sha256
 
 
@@ -55,7 +55,9 @@ def load_model(path: Path, spec: ModelSpec | BlockModelSpec, component: str, thr
     instance, its signature checked against ``spec``."""
     model: LiteRtModel | None = None
     for phase in phases:
-        model = None  # release the previous instance before loading the next
+        if model is not None:
+            model = None  # release the previous instance before loading the next
+            trim_heap()
         with tracer.span("load", "load", component=component, args={"phase": phase, "file": spec.file}):
             model = open_model(str(path), threads=threads, sha256=spec.sha256)
     assert model is not None

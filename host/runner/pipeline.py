@@ -10,7 +10,7 @@ from host.protocol.constants import COMPONENTS
 from host.protocol.messages import BlockModelSpec, RunRequest
 from host.runner.loading import Inputs, RunnerError, output_name
 from host.runner.tracing import Tracer
-from host.runtime import LiteRtModel
+from host.runtime import LiteRtModel, trim_heap
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,11 @@ class Models:
             with tracer.span("load", "load", component=component, repeat=repeat, warmup=warmup,
                              args={"phase": "stage", "file": self.files.get(component)}):
                 model = self.loader(component)
+            try:
+                return fn(model)
+            finally:
+                del model
+                trim_heap()
         return fn(model)
 
 

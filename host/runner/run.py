@@ -22,7 +22,7 @@ from host.runner.loading import RunnerError, load_inputs, load_model, models_dir
 from host.runner.memory import MemorySampler
 from host.runner.pipeline import Generation, Models, generate, profile_blocks, to_uint8_hwc, unet_feed
 from host.runner.tracing import Clock, Tracer
-from host.runtime import delegate_label, open_model
+from host.runtime import delegate_label, open_model, trim_heap
 
 RUNNER = "python-host"
 RUNNER_VERSION = "1.0"
@@ -135,6 +135,7 @@ class _Run:
             # generation then opens each model for its stage only
             for c in COMPONENTS:
                 load_model(paths[c], req.models[c], c, rt.threads, self.tracer)
+                trim_heap()
             models = Models.per_stage(
                 lambda c: open_model(str(paths[c]), threads=rt.threads, sha256=req.models[c].sha256), req)
         else:
@@ -158,6 +159,7 @@ class _Run:
         if blocks:
             unet_output = models.outputs["unet"]
             del models  # the block chain replaces the UNet from here on
+            trim_heap()
             loaded = [(b, load_model(mdir / b.file, b, b.name, rt.threads, self.tracer, phases=("cold",)))
                       for b in blocks]
             worst = profile_blocks(loaded, gen, inputs, unet_output, self.tracer, repeat=rt.repeats - 1,

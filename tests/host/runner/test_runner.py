@@ -92,10 +92,14 @@ def test_phase_residency_loads_each_model_for_its_stage_only(make_run, done_run)
     np.testing.assert_array_equal(np.fromfile(run_dir / IMAGE_F32, dtype="<f4"), ref)
 
 
-def test_a_stage_model_is_released_when_its_stage_ends(make_run, tmp_path):
+def test_a_stage_model_is_released_when_its_stage_ends(make_run, tmp_path, monkeypatch):
     import gc
     import weakref
 
+    import host.runner.pipeline
+
+    trimmed = []  # at each heap trim: which of the opened models are already gone (the trim must come after)
+    monkeypatch.setattr(host.runner.pipeline, "trim_heap", lambda: trimmed.append([r() is None for r in opened]))
     run_dir = make_run(steps=2)
     req = RunRequest.from_dict(read_json(run_dir / REQUEST_FILE))
     opened: list[weakref.ref] = []
@@ -123,6 +127,7 @@ def test_a_stage_model_is_released_when_its_stage_ends(make_run, tmp_path):
         gen = generate(models, load_inputs(run_dir, req), 2, tracer, repeat=0, warmup=False)
     assert np.isfinite(gen.image).all()
     assert alive == [[False], [False, False], [False, False, False]]
+    assert trimmed == [[True], [True, True], [True, True, True]]
 
 
 @pytest.mark.parametrize("scheduler,karras", [("dpmpp_2m", False), ("euler", True), ("ddim", False)])
