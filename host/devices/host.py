@@ -114,7 +114,10 @@ class HostDevice(Device):
         if status and status.get("state") == "error":  # the runner's own one-line error, which names the culprit
             raise RunFailed(status.get("message") or f"the runner failed without a message; see {self._run_dir / RUNNER_LOG}")
         if rc < 0:
-            name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+            try:
+                name = signal.Signals(-rc).name
+            except ValueError:
+                name = f"signal {-rc}"
             cls = LowMemoryKilled if -rc == signal.SIGKILL else AppCrashed
             raise cls(f"the runner process was killed by {name}"
                       + (" (out of memory?)" if cls is LowMemoryKilled else "")
