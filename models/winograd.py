@@ -75,13 +75,30 @@ def transform_kernels(m: int, dtype: torch.dtype = torch.float32) -> tuple[torch
     return torch.from_numpy(bker).to(dtype), torch.from_numpy(amat).to(dtype)
 
 
+#: Above this many bytes of Winograd-domain input (n*n tile positions x tiles x channels, fp32) the input
+#: transform's layout change is one transpose instead of two. The single one has the poorer access pattern
+#: (both innermost axes move) and loses while the tensor stays in cache; past it, one pass over memory beats
+#: two. This project's host (2-core Xeon, 2 MiB L2 per core), 2026-11-22, F(4,3): 320 channels at 64x64,
+#: batch 2 (24 MB), 36.4 vs 30.9 ms with it; 128 channels at 512x512 (302 MB) 383 vs 425 ms; the full-size
+#: VAE decoder (F(4,3), 19-604 MB per conv) 8.2-8.6 vs 8.9-10.1 s with the threshold here.
+FOLD_INPUT_BYTES = 64 << 20
+
+
 def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, bker: torch.Tensor, amat: torch.Tensor,
-            m: int) -> torch.Tensor:
+            m: int, fold_input: bool | None = None) -> torch.Tensor:
     """Same result as ``F.conv2d(x, w, bias, stride=1, padding=1)`` for the w that ``u`` came from.
 
     The output transform is one matrix product over every tile and channel at once, not a stride-m transposed
     convolution: XNNPACK runs the latter as a 36 -> 1 channel deconvolution, which took 37 ms of an 86 ms
     320-channel 64x64 F(4,3) conv on this project's host; with the product the conv takes 39 ms (104 ms direct).
+
+    Layout (the converter keeps NCHW tensors and wraps NHWC kernels in transposes): the product comes out
+    tile-position-major with channels innermost, [m, m, nb, th, tw, cout]. It is put into NHWC order first
+    (channels stay innermost: a copy of whole channel rows), the bias is added there, and one plain
+    NHWC -> NCHW transpose follows; going to NCHW in one 6-D transpose moved 4-float runs and took 80 ms of a
+    330 ms 128-channel 512x512 conv. ``fold_input`` (default: by ``FOLD_INPUT_BYTES``) makes the input
+    transform's layout change one transpose: the depthwise conv's NHWC result is taken as it is (the
+    permute cancels the converter's transpose) and permuted once.
     """
     nb, cin, h, w = x.shape
     n = m + R - 1
@@ -89,14 +106,20 @@ def conv3x3(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, bker: t
     cout = u.shape[-1]
     xp = F.pad(x, (1, tw * m + 1 - w, 1, th * m + 1 - h))
     v = F.conv2d(xp.reshape(nb * cin, 1, th * m + 2, tw * m + 2), bker, stride=m)  # [nb*cin, n*n, th, tw]
-    v = v.reshape(nb, cin, n * n, th * tw).permute(2, 0, 3, 1).reshape(n * n, nb * th * tw, cin)
-    mm = torch.bmm(v, u)  # [n*n, nb*th*tw, cout]
+    if fold_input is None:
+        fold_input = n * n * nb * th * tw * cin * 4 > FOLD_INPUT_BYTES
+    if fold_input:
+        v = v.permute(0, 2, 3, 1).reshape(nb, cin, th * tw, n * n).permute(3, 0, 2, 1)
+    else:
+        v = v.reshape(nb, cin, n * n, th * tw).permute(2, 0, 3, 1)
+    mm = torch.bmm(v.reshape(n * n, nb * th * tw, cin), u)  # [n*n, nb*th*tw, cout]
     y = torch.matmul(amat, mm.reshape(n * n, nb * th * tw * cout))  # [m*m, nb*th*tw*cout]
-    y = y.reshape(m, m, nb, th, tw, cout).permute(2, 5, 3, 0, 4, 1).reshape(nb, cout, th * m, tw * m)
+    y = y.reshape(m, m, nb, th, tw, cout).permute(2, 3, 0, 4, 1, 5).reshape(nb, th * m, tw * m, cout)
+    if bias is not None:
+        y = y + bias
+    y = y.permute(0, 3, 1, 2)
     if th * m != h or tw * m != w:
         y = y[:, :, :h, :w]
-    if bias is not None:
-        y = y + bias.reshape(1, cout, 1, 1)
     return y
 
 
