@@ -9,7 +9,9 @@ with classifier-free guidance as one batch-2 call, decoder) on the same tokens, 
 table, on ``--threads`` CPU threads, ``--warmup`` untimed generations then ``--repeats`` measured ones.
 Measured per repeat: every UNet step (the whole step: input scaling, the batch-2 call, guidance,
 scheduler update; the span the host runner writes), the text encoder, the decoder and the whole
-generation; plus the peak RSS (VmHWM) of the process that ran the system.
+generation; plus the peak RSS (VmHWM) of the process that ran the system. Under ``--residency phase`` our
+systems load each model inside the generation; "generation_resident" is the generation less those loads
+(the reference systems load before their timed loop), and issue 6's generation goal is shown on both.
 
 Each system is prepared (built / converted / found in the artifact store) in one subprocess and run in
 another, fresh one, so its peak RSS is its own. A run subprocess prints one JSON line on stdout; a
@@ -58,15 +60,16 @@ OURS = {BASELINE: ("baseline", "fp32"), OPTIMIZED: ("optimized", "fp32"), PAPER:
 TARGETS = (
     ("optimized_step_vs_example", "UNet step: ours-optimized / litert-example", 0.6),
     ("optimized_step_vs_floor", "UNet step: ours-optimized / direct-convolution floor", 1.3),
-    ("optimized_generation_vs_example", "generation: ours-optimized / litert-example", 0.6),
+    ("optimized_generation_vs_example", "generation, models resident: ours-optimized / litert-example", 0.6),
+    ("optimized_generation_loads_vs_example", "generation with our stage loads / litert-example", 0.6),
     ("baseline_rss_vs_files", "peak RSS: ours-baseline / its model files", 1.2),
     ("optimized_rss_vs_files", "peak RSS: ours-optimized / its model files", 1.2),
     ("int8_rss_vs_files", "peak RSS: ours-int8 / its model files", 1.2),
     ("int8_step_vs_example", "UNet step: ours-int8 / litert-example", 0.35),
 )
-METRICS = ("unet_step", "text_encoder", "vae_decoder", "generation")
+METRICS = ("unet_step", "text_encoder", "vae_decoder", "generation", "generation_resident")
 METRIC_LABELS = {"unet_step": "UNet step", "text_encoder": "text encoder", "vae_decoder": "VAE decoder",
-                 "generation": "generation", "peak_rss": "peak RSS"}
+                 "generation": "generation", "generation_resident": "gen. less loads", "peak_rss": "peak RSS"}
 FAIL_ENV = "SDPHONE_BENCH_FAIL"
 RESULT_KEY = "sdphone_bench_result"
 SCHEMA = "sdphone.bench.pipeline"
@@ -300,6 +303,11 @@ def system_stats(run: dict) -> dict:
            "unet_step_all": _stats([v for steps in s["unet_step"] for v in steps])}
     for m in ("text_encoder", "vae_decoder", "generation"):
         out[m] = _stats(s[m])
+    # The model loads inside a generation: our systems' stage loads under residency "phase" (the reference
+    # systems load before their timed loop). Less those, a generation is what it is with the models resident.
+    loads = s.get("model_loads") or [0.0] * len(s["generation"])
+    out["model_loads"] = _stats(loads)
+    out["generation_resident"] = _stats([g - ld for g, ld in zip(s["generation"], loads)])
     peak = run.get("peak_rss_bytes")
     out["peak_rss"] = {"bytes": int(peak)} if peak else None
     return out
@@ -406,8 +414,10 @@ def targets(report: dict) -> list[dict]:
     figures = {
         "optimized_step_vs_example": (step(OPTIMIZED), step("litert-example")),
         "optimized_step_vs_floor": (step(OPTIMIZED), floor),
-        "optimized_generation_vs_example": (_median(ok.get(OPTIMIZED), "generation"),
-                                            _median(ok.get("litert-example"), "generation")),
+        "optimized_generation_vs_example": (_median(ok.get(OPTIMIZED), "generation_resident"),
+                                            _median(ok.get("litert-example"), "generation_resident")),
+        "optimized_generation_loads_vs_example": (_median(ok.get(OPTIMIZED), "generation"),
+                                                  _median(ok.get("litert-example"), "generation")),
         "baseline_rss_vs_files": (_median(ok.get(BASELINE), "peak_rss"), files(BASELINE)),
         "optimized_rss_vs_files": (_median(ok.get(OPTIMIZED), "peak_rss"), files(OPTIMIZED)),
         "int8_rss_vs_files": (_median(ok.get(INT8), "peak_rss"), files(INT8)),
@@ -474,9 +484,9 @@ def render(report: dict) -> str:
         table = report["ratios"].get(key)
         if not table:
             continue
-        lines += ["", title, f"{'system':<16}" + "".join(f"{METRIC_LABELS[m]:>14}" for m in metrics)]
+        lines += ["", title, f"{'system':<16}" + "".join(f"{METRIC_LABELS[m]:>17}" for m in metrics)]
         for s, row in table.items():
-            lines.append(f"{s:<16}" + "".join(f"{(f'{row[m]:.3f}x' if row[m] is not None else '-'):>14}" for m in metrics))
+            lines.append(f"{s:<16}" + "".join(f"{(f'{row[m]:.3f}x' if row[m] is not None else '-'):>17}" for m in metrics))
 
     ff = report.get("flop_floor")
     if ff and "error" not in ff:
@@ -516,6 +526,10 @@ def render(report: dict) -> str:
     if st["model"] == "tiny" and "litert-example" in ok:
         notes.append("tiny: the litert-example uses litert-torch's fake configs (other widths than our tiny config), "
                      "so its ratios compare different networks")
+    if st.get("residency", "all") == "phase":
+        notes.append("gen. less loads = the generation less the model loads inside it: ours load each model for its "
+                     "stage (residency phase), the reference systems before their timed loop; the generation goal is "
+                     "checked on it (models resident, as the example runs) and on the whole generation")
     notes.append("weights are seeded random (no checkpoint): images are noise, timings and memory are real")
     lines += ["", "notes:"] + [f"  - {n}" for n in notes]
     return "\n".join(lines)
@@ -629,7 +643,7 @@ def _run_ours(system: str, spec: dict, sdir: Path) -> dict:
     run(run_dir)
     r = load_run(run_dir)
     spans = r.spans
-    samples = {"unet_step": [], "text_encoder": [], "vae_decoder": [], "generation": []}
+    samples = {"unet_step": [], "text_encoder": [], "vae_decoder": [], "generation": [], "model_loads": []}
     warm = {k: [] for k in samples}
     for is_warm, dest in ((False, samples), (True, warm)):
         sub = spans[spans["warmup"] == is_warm]
@@ -644,6 +658,10 @@ def _run_ours(system: str, spec: dict, sdir: Path) -> dict:
                 if len(v) != 1:
                     raise BenchError(f"{system}: repeat {rep} has {len(v)} {name} spans")
                 dest[name].append(v[0])
+            gen = rs[rs["name"] == "generation"].iloc[0]
+            inside = rs[(rs["name"] == "load") & (rs["start_s"] >= gen["start_s"])
+                        & (rs["start_s"] + rs["dur_s"] <= gen["start_s"] + gen["dur_s"] + 1e-6)]
+            dest["model_loads"].append(float(inside["dur_s"].sum()))
     if len(samples["generation"]) != spec["repeats"]:
         raise BenchError(f"{system}: {len(samples['generation'])} measured generations in the trace, expected {spec['repeats']}")
     mem = r.memory
@@ -701,7 +719,7 @@ def generate_loop(system: str, encode: Callable, unet: Callable, decode: Callabl
 
     clock = time.perf_counter
     c = inp["coeffs"]
-    samples = {"unet_step": [], "text_encoder": [], "vae_decoder": [], "generation": []}
+    samples = {"unet_step": [], "text_encoder": [], "vae_decoder": [], "generation": [], "model_loads": []}
     warm = {k: [] for k in samples}
     t0 = clock()
     ctx = encode()
@@ -741,6 +759,7 @@ def generate_loop(system: str, encode: Callable, unet: Callable, decode: Callabl
         dest["text_encoder"].append(t_text)
         dest["vae_decoder"].append(t_dec)
         dest["generation"].append(t_total)
+        dest["model_loads"].append(0.0)  # every model was loaded before the timed loop
         log(f"{system}: {where}: generation {t_total:.3f} s, median step {sorted(step_t)[len(step_t) // 2]:.4f} s")
     return samples, warm, image
 

@@ -341,7 +341,7 @@ def _summary(d: ReportData) -> str:
 
 
 _BENCH_METRICS = (("unet_step", "UNet step"), ("text_encoder", "text encoder"), ("vae_decoder", "VAE decoder"),
-                  ("generation", "generation"))
+                  ("generation", "generation"), ("generation_resident", "generation less model loads"))
 
 
 def _bench(d: ReportData) -> str:

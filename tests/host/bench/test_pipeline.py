@@ -45,6 +45,14 @@ def test_every_system_produces_finite_raw_samples(full_run, capsys):
             assert len(s[m]) == 1 and _finite_positive(s[m][0]), (system, m, s[m])
         assert len(run["warmup_samples"]["generation"]) == 1  # the warmup generation is recorded apart
         assert s["generation"][0] >= sum(s["unet_step"][0])
+        # model loads inside the generation: ours load each model for its stage (residency phase), the
+        # reference systems before their timed loop
+        assert len(s["model_loads"]) == 1
+        if system in pipeline.OURS:
+            assert 0 < s["model_loads"][0] < s["generation"][0] - sum(s["unet_step"][0])
+        else:
+            assert s["model_loads"][0] == 0.0
+        assert rec["stats"]["generation_resident"]["median"] == pytest.approx(s["generation"][0] - s["model_loads"][0])
         assert _finite_positive(run["peak_rss_bytes"])
         st = rec["stats"]
         for m in pipeline.METRICS:
@@ -103,6 +111,12 @@ def test_ratios_and_cross_checks(full_run):
     files = sum(report["systems"]["ours-baseline"]["prepare"]["info"]["size_bytes"].values())
     assert goals["baseline_rss_vs_files"]["reference"] == files
     assert "targets (issue 6" in text and "UNet step: ours-int8 / litert-example" in text
+    gen_res = {s: report["systems"][s]["stats"]["generation_resident"]["median"] for s in pipeline.SYSTEMS}
+    assert goals["optimized_generation_vs_example"]["ratio"] == pytest.approx(
+        gen_res["ours-optimized"] / gen_res["litert-example"])
+    assert goals["optimized_generation_loads_vs_example"]["ratio"] == pytest.approx(
+        gen["ours-optimized"] / gen["litert-example"])
+    assert "gen. less loads" in text
 
 
 def test_a_failing_system_is_reported_and_the_others_still_run(full_run, artifact_root, tmp_path, monkeypatch, capsys):
