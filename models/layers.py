@@ -167,6 +167,9 @@ class Conv3x3(nn.Conv2d):
     def prepare(self) -> None:
         if self.winograd_m:
             self.wino_u = winograd.transform_weight(self.weight.detach(), self.winograd_m)
+            # The 3x3 kernel is dead from here on. Kept, it rode along into conversion as 2.6 GB of constants
+            # the full-size ``cpu`` UNet never uses (export lifts every parameter, used or not).
+            self.weight = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.winograd_m:

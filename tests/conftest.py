@@ -16,6 +16,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("SDPHONE_ADB_AUTOSTART", "0")  # tests never start a real adb server
 # XNNPACK weight caches of the tiny models: beside pytest's temporary folders, never in the user's cache
 os.environ.setdefault("SDPHONE_XNNPACK_CACHE", os.path.join(tempfile.gettempdir(), "sdphone-test-xnnpack-cache"))
+# litert-torch's lightweight conversion (host/build/convert.py) hands constants of 1 MiB and more to MLIR as
+# resource blobs and folds what depends on them at conversion time; no tiny-config weight is that large, so the
+# tiny builds lower the threshold to take the path every full-size weight takes
+os.environ.setdefault("RESOURCE_CONSTANT_NUMEL_THRESHOLD", "1024")
 
 
 def pytest_addoption(parser):

@@ -178,6 +178,7 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
     # 2. The variant module and its conversion.
     module = build_module(component, cfg, variant.opts)
     load_weights(module, state)
+    del state  # the module holds what it runs; raw kernels it transformed are freed with the dict
     y_var = run_torch(module)
     final = store.component_dir(key)
     tmp = store.staging(final)
@@ -185,7 +186,7 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
     if variant.quantization != "fp32":
         quantize.install()
     convert(component, module, inputs, OUTPUT_NAMES[component], variant.quantization, out_path)
-    del module, state
+    del module
     gc.collect()
     convert_s = time.perf_counter() - t0
 

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from host.build import gates
+from host.build.tflite_info import constant_only_ops
 from models.config import LADDER
 
 NAMED = [n for n in LADDER if n != "optimized"]  # the ladder rungs and the cpu set ("optimized" is an alias)
@@ -21,6 +22,7 @@ def test_every_rung_builds_and_passes_its_gates(tiny_builds, rung):
     assert manifest["variant"]["name"] == rung
     for name, comp in manifest["components"].items():
         assert (path / comp["file"]).stat().st_size == comp["size_bytes"]
+        assert constant_only_ops(str(path / comp["file"])) == {}, name  # conversion folded every constant subgraph
         g = _gates(comp)
         assert g["tflite_vs_torch"]["passed"] and g["tflite_vs_torch"]["value"] <= gates.TFLITE_VS_TORCH_REL_ERR["fp32"]
         assert g["baseline_vs_diffusers"]["value"] <= gates.DIFFUSERS_REL_ERR
@@ -96,10 +98,12 @@ def test_wide_convs_with_their_own_tile_pass_the_gates(tiny_builds):
 @pytest.mark.parametrize("variant, quant", [("optimized", "fp16"), ("+flash", "int8")])
 def test_quantized_variants(tiny_builds, variant, quant):
     fp32, _ = tiny_builds.get(variant)
-    q, _ = tiny_builds.get(variant, quantization=quant)
+    q, path = tiny_builds.get(variant, quantization=quant)
     assert q["variant"]["quantization"] == quant
     for comp in ("text_encoder", "unet", "vae_decoder"):
         c = q["components"][comp]
+        # only the weights' own dequantization may run on constants (fp16 weights stay fp16 in the file)
+        assert set(constant_only_ops(str(path / c["file"]))) <= {"DEQUANTIZE"}, comp
         assert c["size_bytes"] < fp32["components"][comp]["size_bytes"]
         g = _gates(c)
         assert g["tflite_vs_torch"]["bound"] == gates.TFLITE_VS_TORCH_REL_ERR[quant] and g["tflite_vs_torch"]["passed"]
