@@ -34,16 +34,16 @@ def quant_config(quantization: str):
     raise BuildError(f"unknown quantization {quantization!r}")
 
 
-#: Components converted with litert-torch's ``lightweight_conversion``: constants of 1 MiB and more go into
-#: MLIR as resource blobs instead of uniqued ``DenseElementsAttr``s (building those hashed and copied every
-#: weight: half of the lowering time in a py-spy profile), and what the converter can then no longer fold
-#: (weight transposes) is run once through LiteRT at conversion time ("runtime constant folding"). Measured on
-#: this project's host, full-size sd14 baseline: UNet build 279.5 -> 187.1 s, VAE decoder 95.1 -> 68.9 s, same
-#: op histograms and gate errors, peak RSS within 0.4 GiB. Not the text encoder: the optimizer pass that runs
-#: after the folding fuses each layer norm into the next projection and leaves that weight arithmetic
+#: Every component but these is converted with litert-torch's ``lightweight_conversion``: constants of 1 MiB
+#: and more go into MLIR as resource blobs instead of uniqued ``DenseElementsAttr``s (building those hashed and
+#: copied every weight: half of the lowering time in a py-spy profile), and what the converter can then no
+#: longer fold (weight transposes) is run once through LiteRT at conversion time ("runtime constant folding").
+#: Measured on this project's host, full-size sd14 baseline, cold: UNet build 279.5 -> 173.5-225.1 s, VAE
+#: decoder 95.1 -> 84.8 s, same op histograms and gate errors. Not the text encoder: the optimizer pass that
+#: runs after the folding fuses each layer norm into the next projection and leaves that weight arithmetic
 #: (12 FULLY_CONNECTED + 12 MUL on constants) in the graph for every call; ``tflite_info.constant_only_ops``
 #: is the check.
-LIGHTWEIGHT = ("unet", "vae_decoder")
+DEFAULT_CONVERSION = ("text_encoder",)
 
 
 def convert(component: str, module: torch.nn.Module, inputs: dict[str, torch.Tensor], output: str | None,
@@ -56,7 +56,7 @@ def convert(component: str, module: torch.nn.Module, inputs: dict[str, torch.Ten
         with _output_to(out_path.with_name("convert.log")):
             edge = litert_torch.signature(component, wrapped, sample_kwargs=inputs).convert(
                 quant_config=quant_config(quantization),
-                lightweight_conversion=component in LIGHTWEIGHT or component.startswith("unet_"),  # blocks too
+                lightweight_conversion=component not in DEFAULT_CONVERSION,
             )
             edge.export(str(out_path))
     except BuildError:
