@@ -113,8 +113,10 @@ class _Run:
     def execute(self) -> Status:
         self.raw = read_json(self.run_dir / REQUEST_FILE)
         req = self.request = RunRequest.from_dict(self.raw, source=str(self.run_dir / REQUEST_FILE))
-        self.write_meta(req.run_id, req.runtime.to_dict())
+        # status first: whoever follows the trace may act on its first record (a farm kills a run there), and
+        # must then find the run marked running, not no status at all
         self.status("running")
+        self.write_meta(req.run_id, req.runtime.to_dict())
         self.sampler = MemorySampler(self.tracer, req.profiling.memory_interval_ms / 1000.0).start()
         rt, prof = req.runtime, req.profiling
         if rt.accelerator != "cpu":
