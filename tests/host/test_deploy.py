@@ -141,11 +141,13 @@ def _runner_processes(run_dir):
 
 
 def test_a_run_past_its_timeout_is_stopped_in_one_line(tmp_path, artifact_root, capsys):
-    rc = deploy.main(_args(tmp_path, artifact_root, "--variant", "baseline", "--no-profile-blocks", "--timeout", "0.5"))
+    # 500 tiny steps take seconds; 0.5 s was about as long as a warm 2-step tiny run, which then finished in time
+    rc = deploy.main(_args(tmp_path, artifact_root, "--variant", "baseline", "--no-profile-blocks", "--steps", "500",
+                           "--timeout", "0.1"))
     err = capsys.readouterr().err
     assert rc == 2
     lines = [l for l in err.splitlines() if l.startswith("error:")]
-    assert len(lines) == 1 and "did not finish within 0.5 s and was stopped" in lines[0], err
+    assert len(lines) == 1 and "did not finish within 0.1 s and was stopped" in lines[0], err
     run = next((tmp_path / "runs" / "host").glob("*/baseline"))
     assert _runner_processes(run) == []
 
