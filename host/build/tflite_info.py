@@ -24,6 +24,13 @@ def _model(path: str):
     return schema.Model.GetRootAsModel(buf, 0)
 
 
+def _op_type(m, op) -> str:
+    """The op's builtin name ("CONV_2D"), or "CUSTOM:<code>" for a custom op."""
+    code = m.OperatorCodes(op.OpcodeIndex())
+    name = _op_names().get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "UNKNOWN")
+    return "CUSTOM:" + (code.CustomCode() or b"").decode() if name == "CUSTOM" else name
+
+
 def op_histogram(path: str) -> dict[str, dict[str, int]]:
     """{"main": {op: count}, "decompositions": {op: count}}; subgraph 0 is the signature's graph.
 
@@ -31,18 +38,13 @@ def op_histogram(path: str) -> dict[str, dict[str, int]]:
     decomposition, which LiteRT runs where no fused kernel exists, count in "decompositions".
     """
     m = _model(path)
-    names = _op_names()
     main: collections.Counter = collections.Counter()
     decomp: collections.Counter = collections.Counter()
     for si in range(m.SubgraphsLength()):
         sg = m.Subgraphs(si)
         target = main if si == 0 else decomp
         for i in range(sg.OperatorsLength()):
-            code = m.OperatorCodes(sg.Operators(i).OpcodeIndex())
-            op = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "UNKNOWN")
-            if op == "CUSTOM":
-                op = "CUSTOM:" + (code.CustomCode() or b"").decode()
-            target[op] += 1
+            target[_op_type(m, sg.Operators(i))] += 1
     return {"main": dict(sorted(main.items())), "decompositions": dict(sorted(decomp.items()))}
 
 
@@ -50,12 +52,10 @@ def composite_names(path: str) -> dict[str, int]:
     """Names of the StableHLO composites in the main graph (e.g. {"odml.group_norm": 61})."""
     m = _model(path)
     sg = m.Subgraphs(0)
-    names = _op_names()
     counts: collections.Counter = collections.Counter()
     for i in range(sg.OperatorsLength()):
         op = sg.Operators(i)
-        code = m.OperatorCodes(op.OpcodeIndex())
-        if names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode())) != "STABLEHLO_COMPOSITE":
+        if _op_type(m, op) != "STABLEHLO_COMPOSITE":
             continue
         opts = op.BuiltinOptions2()
         from ai_edge_litert import schema_py_generated as schema
@@ -72,7 +72,6 @@ def constant_only_ops(path: str) -> dict[str, int]:
     weights) are listed too: whether they belong is the caller's question."""
     m = _model(path)
     sg = m.Subgraphs(0)
-    names = _op_names()
 
     def constant(t: int) -> bool:
         if t < 0:
@@ -85,6 +84,5 @@ def constant_only_ops(path: str) -> dict[str, int]:
         op = sg.Operators(i)
         ins = [op.Inputs(j) for j in range(op.InputsLength())]
         if ins and all(constant(t) for t in ins):
-            code = m.OperatorCodes(op.OpcodeIndex())
-            counts[names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "UNKNOWN")] += 1
+            counts[_op_type(m, op)] += 1
     return dict(sorted(counts.items()))
