@@ -4,10 +4,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from models.components import uninitialised
 from models.config import ModelConfig
 
 
 def reference_module(component: str, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The reference carrying ``state``'s tensors themselves (assigned, not copied: the full-size UNet's weights
+    are 3.4 GB), built without torch's default initialisation (every tensor it runs comes from ``state``)."""
+    with uninitialised():
+        return _reference_module(component, cfg, state)
+
+
+def _reference_module(component: str, cfg: ModelConfig, state: dict[str, torch.Tensor]) -> torch.nn.Module:
     if component == "unet":
         from diffusers import UNet2DConditionModel
 
@@ -19,7 +27,7 @@ def reference_module(component: str, cfg: ModelConfig, state: dict[str, torch.Te
             attention_head_dim=u.attention_head_dim, cross_attention_dim=u.cross_attention_dim,
             norm_num_groups=u.norm_num_groups, norm_eps=u.norm_eps,
         )
-        m.load_state_dict(state, strict=True)
+        m.load_state_dict(state, strict=True, assign=True)
     elif component == "vae_decoder":
         from diffusers import AutoencoderKL
 
@@ -30,7 +38,7 @@ def reference_module(component: str, cfg: ModelConfig, state: dict[str, torch.Te
             norm_num_groups=v.norm_num_groups, down_block_types=("DownEncoderBlock2D",) * len(v.block_out_channels),
             up_block_types=v.up_block_types,
         )
-        missing, unexpected = m.load_state_dict(state, strict=False)
+        missing, unexpected = m.load_state_dict(state, strict=False, assign=True)
         if unexpected or any(k.startswith(("decoder.", "post_quant_conv.")) for k in missing):
             raise ValueError("vae state dict does not match diffusers' AutoencoderKL decoder")
     else:
@@ -46,7 +54,7 @@ def reference_module(component: str, cfg: ModelConfig, state: dict[str, torch.Te
         own = {k: v for k, v in m.state_dict().items()}
         # transformers >= 5 names keys without "text_model."; older versions with it.
         mapped = {(k if k in own else k.removeprefix("text_model.")): v for k, v in state.items()}
-        m.load_state_dict(mapped, strict=True)
+        m.load_state_dict(mapped, strict=True, assign=True)
     return m.eval().requires_grad_(False)
 
 
