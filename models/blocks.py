@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import Optimizations
-from models.layers import GroupNorm, attention, conv3x3, gelu, merge_heads, split_heads
+from models.layers import Conv2d, GroupNorm, attention, conv3x3, gelu, merge_heads, split_heads
 
 
 class ResnetBlock(nn.Module):
@@ -21,7 +21,7 @@ class ResnetBlock(nn.Module):
         self.time_emb_proj = nn.Linear(temb, cout) if temb else None
         self.norm2 = GroupNorm(groups, cout, eps, opts.gn_gelu)
         self.conv2 = conv3x3(cout, cout, wino, opts)
-        self.conv_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
+        self.conv_shortcut = Conv2d(cin, cout, 1) if cin != cout else None
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
@@ -45,11 +45,24 @@ class Attention(nn.Module):
         self.to_k = nn.Linear(kv_dim or dim, dim, bias=bias)
         self.to_v = nn.Linear(kv_dim or dim, dim, bias=bias)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim)])
+        self.q_scaled = False
+
+    def prepare(self) -> None:
+        """Folds attention's 1/sqrt(head dim) into to_q (new tensors; the loaded ones may be shared). Left in the
+        graph, the converter fuses that multiply into to_q's weights itself, and for a weight over litert-torch's
+        resource threshold (1280 x 1280 in the UNet) leaves the product to LiteRT's runtime constant folding,
+        which then serialises and runs the whole model once more during conversion."""
+        if not self.q_scaled:
+            s = (self.to_q.out_features // self.heads) ** -0.5
+            self.to_q.weight = nn.Parameter(self.to_q.weight.detach() * s, requires_grad=False)
+            if self.to_q.bias is not None:
+                self.to_q.bias = nn.Parameter(self.to_q.bias.detach() * s, requires_grad=False)
+            self.q_scaled = True
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         ctx = x if context is None else context
         q, k, v = (split_heads(p(t), self.heads) for p, t in ((self.to_q, x), (self.to_k, ctx), (self.to_v, ctx)))
-        o = attention(q, k, v, self.mode, self.block_q, self.block_kv)
+        o = attention(q, k, v, self.mode, self.block_q, self.block_kv, q_scaled=self.q_scaled)
         return self.to_out[0](merge_heads(o))
 
 
@@ -87,6 +100,21 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, opts.gn_gelu)
 
+    def prepare(self) -> None:
+        """Folds norm3's scale and shift into the feed-forward's first projection (new tensors, float64 math).
+        Left to the converter, its optimizer makes that fusion itself after the constant folding, as a MUL and a
+        FULLY_CONNECTED on constants (16 of each in the full-size UNet), and LiteRT's runtime folding then
+        serialises and runs the whole model once more to evaluate them."""
+        if self.norm3.weight is None:
+            return
+        proj = self.ff.net[0].proj
+        g, b = self.norm3.weight.detach().double(), self.norm3.bias.detach().double()
+        w = proj.weight.detach().double()
+        proj.weight = nn.Parameter((w * g).float(), requires_grad=False)
+        proj.bias = nn.Parameter((proj.bias.detach().double() + w @ b).float(), requires_grad=False)
+        self.norm3.weight = None
+        self.norm3.bias = None
+
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))
         x = x + self.attn2(self.norm2(x), context)
@@ -97,9 +125,9 @@ class Transformer2D(nn.Module):
     def __init__(self, dim: int, heads: int, ctx_dim: int, groups: int, mode: str, opts: Optimizations):
         super().__init__()
         self.norm = GroupNorm(groups, dim, 1e-6, opts.gn_gelu)
-        self.proj_in = nn.Conv2d(dim, dim, 1)
+        self.proj_in = Conv2d(dim, dim, 1)
         self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(dim, heads, ctx_dim, mode, opts)])
-        self.proj_out = nn.Conv2d(dim, dim, 1)
+        self.proj_out = Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -112,7 +140,7 @@ class Transformer2D(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, c: int):
         super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, stride=2, padding=1)
+        self.conv = Conv2d(c, c, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)

@@ -69,9 +69,11 @@ def gelu(x: torch.Tensor, fused: bool) -> torch.Tensor:
 ATTENTION_MODES = ("softmax", "partial", "flash")
 
 
-def attention(q, k, v, mode: str, block_q: int = 1024, block_kv: int = 1024, mask=None) -> torch.Tensor:
-    scale = q.shape[-1] ** -0.5
-    q = q * scale
+def attention(q, k, v, mode: str, block_q: int = 1024, block_kv: int = 1024, mask=None,
+              q_scaled: bool = False) -> torch.Tensor:
+    """``q_scaled``: q carries the 1/sqrt(D) factor already (folded into its projection's weights)."""
+    if not q_scaled:
+        q = q * q.shape[-1] ** -0.5
     if mode == "softmax":
         s = q @ k.transpose(-1, -2)
         if mask is not None:
@@ -145,7 +147,28 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-class Conv3x3(nn.Conv2d):
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose kernel, once ``prepare()`` has run, is held in TFLite's OHWI order and handed to the
+    convolution as a permuted view. The converter moves an OIHW kernel to OHWI with a TRANSPOSE on the constant;
+    for a weight above litert-torch's resource threshold (1 M elements: every 3x3 kernel from 640 channels on)
+    that op is left to LiteRT's runtime constant folding, which serialises the whole model once more and runs it
+    (~30 s of the full-size baseline UNet's build). On the OHWI copy the two
+    transposes cancel and the graph holds no op on constants, so the folding pass has nothing to do. 1x1 kernels
+    need no layout change and stay as they are."""
+
+    def prepare(self) -> None:
+        if self.weight is not None and self.kernel_size != (1, 1):
+            self.register_buffer("weight_ohwi", self.weight.detach().permute(0, 2, 3, 1).contiguous(), persistent=False)
+            self.weight = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is not None:
+            return super().forward(x)
+        return F.conv2d(x, self.weight_ohwi.permute(0, 3, 1, 2), self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+
+class Conv3x3(Conv2d):
     """``nn.Conv2d(k=3, stride=1, padding=1)`` with the same parameters, optionally run as Winograd.
 
     With ``winograd_m`` set, ``prepare()`` (called once after the weights are loaded) transforms the
@@ -159,13 +182,17 @@ class Conv3x3(nn.Conv2d):
         self.winograd_m = winograd_m
         if winograd_m:
             bker, amat = winograd.transform_kernels(winograd_m)
-            # Graph constants, not weights: never in a state dict.
-            self.register_buffer("wino_in", bker, persistent=False)
+            # Graph constants, not weights: never in a state dict. The input transform's kernel (1 input
+            # channel: a DEPTHWISE_CONV_2D in the graph) is kept in TFLite's depthwise order [1, H, W, O], for
+            # the reason Conv2d keeps its kernels in OHWI.
+            self.register_buffer("wino_in", bker.permute(1, 2, 3, 0).contiguous(), persistent=False)
             self.register_buffer("wino_out", amat, persistent=False)
             self.register_buffer("wino_u", None, persistent=False)
 
     def prepare(self) -> None:
-        if self.winograd_m:
+        if not self.winograd_m:
+            return super().prepare()
+        if self.weight is not None:
             self.wino_u = winograd.transform_weight(self.weight.detach(), self.winograd_m)
             # The 3x3 kernel is dead from here on. Kept, it rode along into conversion as 2.6 GB of constants
             # the full-size ``cpu`` UNet never uses (export lifts every parameter, used or not).
@@ -176,7 +203,8 @@ class Conv3x3(nn.Conv2d):
             return super().forward(x)
         if self.wino_u is None:
             raise RuntimeError("Winograd conv used before prepare(): load weights with models.components.load_weights")
-        return winograd.conv3x3(x, self.wino_u, self.bias, self.wino_in, self.wino_out, self.winograd_m)
+        return winograd.conv3x3(x, self.wino_u, self.bias, self.wino_in.permute(3, 0, 1, 2), self.wino_out,
+                                self.winograd_m)
 
 
 #: Winograd needs this many input and output channels: with a handful on either side (the UNet's 4-channel
@@ -195,8 +223,10 @@ def conv3x3(cin: int, cout: int, winograd_m: int, opts) -> Conv3x3:
 
 
 def prepare(module: nn.Module) -> nn.Module:
-    """Runs every ``prepare()`` hook (weight transforms) once the final weights are in place."""
+    """Runs every ``prepare()`` hook (weight transforms) once the final weights are in place; a second call
+    changes nothing. The transforms make new tensors: the loaded ones may be shared (``load_state_dict(...,
+    assign=True)``) with the state dict and the reference module."""
     for m in module.modules():
-        if isinstance(m, Conv3x3):
+        if callable(getattr(m, "prepare", None)):
             m.prepare()
     return module

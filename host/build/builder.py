@@ -150,6 +150,8 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
     t0 = time.perf_counter()
     inputs = sample_inputs(component, cfg, seed=GATE_SEED, timestep=GATE_TIMESTEP)
     base_variant = get_variant("baseline")
+    # The variant runs the baseline's PyTorch module (e.g. the text encoder of the `cpu` set, or baseline-int8).
+    same_module = component_opts(component, variant.opts) == component_opts(component, base_variant.opts)
     is_baseline = variant.opts == base_variant.opts and variant.quantization == "fp32"
     results: list[gates.GateResult] = []
 
@@ -164,7 +166,6 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
     state = weights.state_dict(component, base)
     load_weights(base, state)
     y_base = run_torch(base)
-    del base
     if opts.verify:
         from host.build.reference import reference_module, reference_output
 
@@ -175,11 +176,15 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
         gates.enforce(results)
     gc.collect()
 
-    # 2. The variant module and its conversion.
-    module = build_module(component, cfg, variant.opts)
-    load_weights(module, state)
-    del state  # the module holds what it runs; raw kernels it transformed are freed with the dict
-    y_var = run_torch(module)
+    # 2. The variant module and its conversion. Where its PyTorch module is the baseline's, that module and its
+    # output are used again (the reference above holds the same weight tensors, assigned, not copies).
+    if same_module:
+        module, y_var = base, y_base
+    else:
+        module = build_module(component, cfg, variant.opts)
+        load_weights(module, state)
+        y_var = run_torch(module)
+    del base, state  # the module holds what it runs; raw kernels it transformed are freed with the dict
     final = store.component_dir(key)
     tmp = store.staging(final)
     out_path = tmp / "model.tflite"

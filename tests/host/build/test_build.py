@@ -183,3 +183,53 @@ def test_unknown_variant_labels_are_named(spec):
 
     with pytest.raises(ConfigError, match=f"unknown variant '{spec}'"):
         parse_variant(spec)
+
+
+class _StopAtConversion(Exception):
+    pass
+
+
+@pytest.mark.parametrize("spec, component, builds, forwards", [
+    ("baseline", "vae_decoder", 1, 1), ("baseline-int8", "vae_decoder", 1, 1), ("cpu", "vae_decoder", 2, 2),
+    ("cpu", "text_encoder", 1, 1),  # the cpu set leaves the text encoder as it is
+])
+def test_a_variant_running_the_baseline_module_builds_and_runs_it_once(spec, component, builds, forwards, tmp_path,
+                                                                       monkeypatch):
+    """Up to conversion a build runs our PyTorch module once where the variant's module is the baseline's (the
+    gates reuse its output), and the diffusers reference carries the very weight tensors, not copies."""
+    import models.components as components
+    from host.build import convert as convert_mod
+    from host.build import reference
+    from host.build.builder import BuildOptions, build_variant
+    from host.build.cli import parse_variant
+    from host.build.weights import resolve
+    from models.config import get_variant
+
+    made, ran, shared = [], [], []
+    real_build, real_ref = components.build_module, reference.reference_module
+
+    def build_module(*a, **k):
+        m = real_build(*a, **k)
+        m.register_forward_hook(lambda *_: ran.append(1))
+        made.append(m)
+        return m
+
+    def reference_module(component, cfg, state):
+        ref = real_ref(component, cfg, state)
+        own = ref.state_dict()
+        shared.append(all(own[k].data_ptr() == v.data_ptr() for k, v in state.items() if k in own))
+        return ref
+
+    def stop(component, module, *a, **k):
+        assert module is made[-1]
+        raise _StopAtConversion
+
+    monkeypatch.setattr(components, "build_module", build_module)
+    monkeypatch.setattr(reference, "reference_module", reference_module)
+    monkeypatch.setattr(convert_mod, "convert", stop)
+    weights = resolve("tiny", None, 0, None, str(tmp_path / "index.json"))
+    with pytest.raises(_StopAtConversion):
+        build_variant(get_variant(*parse_variant(spec, "fp32")), weights,
+                      BuildOptions(root=tmp_path, components=(component,), progress=False), log=lambda s: None)
+    assert (len(made), len(ran)) == (builds, forwards)
+    assert shared == [True]
