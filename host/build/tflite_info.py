@@ -86,3 +86,25 @@ def constant_only_ops(path: str) -> dict[str, int]:
         if ins and all(constant(t) for t in ins):
             counts[_op_type(m, op)] += 1
     return dict(sorted(counts.items()))
+
+
+#: Ops whose second input is a weight that XNNPACK needs to be a constant (it packs it once, at load).
+_WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
+
+
+def runtime_weight_ops(path: str) -> dict[str, int]:
+    """Ops of the main graph that take their weight operand from a tensor computed at run time (``{op: count}``).
+    XNNPACK leaves such an op to LiteRT's reference kernel: the converter makes one of ``q @ k^T`` in a
+    single-head attention, which ran at ~26 GFLOP/s (see ``models.layers.scores``). The weight of a fp16 model
+    comes out of a DEQUANTIZE at run time, so this is a check for fp32 graphs."""
+    m = _model(path)
+    sg = m.Subgraphs(0)
+    counts: collections.Counter = collections.Counter()
+    for i in range(sg.OperatorsLength()):
+        op = sg.Operators(i)
+        kind = _op_type(m, op)
+        if kind in _WEIGHT_OPS and op.InputsLength() > 1:
+            b = m.Buffers(sg.Tensors(op.Inputs(1)).Buffer())
+            if b is None or (b.DataLength() == 0 and b.Size() == 0):
+                counts[kind] += 1
+    return dict(sorted(counts.items()))

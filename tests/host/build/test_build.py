@@ -6,7 +6,7 @@ import json
 import pytest
 
 from host.build import gates
-from host.build.tflite_info import constant_only_ops
+from host.build.tflite_info import constant_only_ops, runtime_weight_ops
 from models.config import LADDER
 
 NAMED = [n for n in LADDER if n != "optimized"]  # the ladder rungs and the cpu set ("optimized" is an alias)
@@ -23,6 +23,7 @@ def test_every_rung_builds_and_passes_its_gates(tiny_builds, rung):
     for name, comp in manifest["components"].items():
         assert (path / comp["file"]).stat().st_size == comp["size_bytes"]
         assert constant_only_ops(str(path / comp["file"])) == {}, name  # conversion folded every constant subgraph
+        assert runtime_weight_ops(str(path / comp["file"])) == {}, name  # every weighted op is XNNPACK's to run
         g = _gates(comp)
         assert g["tflite_vs_torch"]["passed"] and g["tflite_vs_torch"]["value"] <= gates.TFLITE_VS_TORCH_REL_ERR["fp32"]
         assert g["baseline_vs_diffusers"]["value"] <= gates.DIFFUSERS_REL_ERR
