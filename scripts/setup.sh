@@ -2,6 +2,9 @@
 # Creates .venv with the pinned dependencies (idempotent; about 2 minutes on a fresh machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# No wheel cache: the wheels pip downloads (TensorFlow, JAX, LiteRT: GBs) would sit on disk twice, and a CI
+# machine once ran out of space in this install (Errno 28).
+export PIP_NO_CACHE_DIR=1
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
