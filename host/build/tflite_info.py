@@ -66,24 +66,26 @@ def composite_names(path: str) -> dict[str, int]:
     return dict(counts)
 
 
+def _constant(m, sg, t: int) -> bool:
+    """Whether tensor ``t`` of subgraph ``sg`` holds data in the file (inline or at an offset) or is an omitted
+    optional input (index -1)."""
+    if t < 0:
+        return True
+    b = m.Buffers(sg.Tensors(t).Buffer())
+    return b is not None and (b.DataLength() > 0 or b.Size() > 0)
+
+
 def constant_only_ops(path: str) -> dict[str, int]:
     """Ops of the main graph whose every input is a constant: work the converter left for every invoke that it
     could have done once (``{op: count}``; empty for a fully folded graph). Weight-only DEQUANTIZE ops (fp16
     weights) are listed too: whether they belong is the caller's question."""
     m = _model(path)
     sg = m.Subgraphs(0)
-
-    def constant(t: int) -> bool:
-        if t < 0:
-            return True  # an omitted optional input
-        b = m.Buffers(sg.Tensors(t).Buffer())
-        return b is not None and (b.DataLength() > 0 or b.Size() > 0)
-
     counts: collections.Counter = collections.Counter()
     for i in range(sg.OperatorsLength()):
         op = sg.Operators(i)
         ins = [op.Inputs(j) for j in range(op.InputsLength())]
-        if ins and all(constant(t) for t in ins):
+        if ins and all(_constant(m, sg, t) for t in ins):
             counts[_op_type(m, op)] += 1
     return dict(sorted(counts.items()))
 
@@ -103,8 +105,6 @@ def runtime_weight_ops(path: str) -> dict[str, int]:
     for i in range(sg.OperatorsLength()):
         op = sg.Operators(i)
         kind = _op_type(m, op)
-        if kind in _WEIGHT_OPS and op.InputsLength() > 1:
-            b = m.Buffers(sg.Tensors(op.Inputs(1)).Buffer())
-            if b is None or (b.DataLength() == 0 and b.Size() == 0):
-                counts[kind] += 1
+        if kind in _WEIGHT_OPS and op.InputsLength() > 1 and not _constant(m, sg, op.Inputs(1)):
+            counts[kind] += 1
     return dict(sorted(counts.items()))
