@@ -17,10 +17,10 @@ class ResnetBlock(nn.Module):
     def __init__(self, cin: int, cout: int, temb: int | None, groups: int, eps: float, opts: Optimizations, wino: int):
         super().__init__()
         self.norm1 = GroupNorm(groups, cin, eps, opts.gn_gelu)
-        self.conv1 = conv3x3(cin, cout, wino, opts)
+        self.conv1 = conv3x3(cin, cout, wino)
         self.time_emb_proj = nn.Linear(temb, cout) if temb else None
         self.norm2 = GroupNorm(groups, cout, eps, opts.gn_gelu)
-        self.conv2 = conv3x3(cout, cout, wino, opts)
+        self.conv2 = conv3x3(cout, cout, wino)
         self.conv_shortcut = Conv2d(cin, cout, 1) if cin != cout else None
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
@@ -147,9 +147,9 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    def __init__(self, c: int, wino: int, opts: Optimizations):
+    def __init__(self, c: int, wino: int):
         super().__init__()
-        self.conv = conv3x3(c, c, wino, opts)
+        self.conv = conv3x3(c, c, wino)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

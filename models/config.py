@@ -254,13 +254,17 @@ class Optimizations:
         (head dim 40 at full size), query and key tiles of ``flash_block_q`` / ``flash_block_kv`` tokens.
     winograd_unet / winograd_decoder: Winograd F(m x m, 3 x 3) output tile m for stride-1 3x3
         convolutions of that component, or 0 for direct convolution.
-    winograd_max_channels: Winograd only where a conv has at most this many input channels. The
-        Winograd-domain kernel is (m+2)^2/9 times the 3x3 kernel (4x for m=4), so it pays at the
-        high-resolution, narrow levels (compute-bound) and not at the 1280-channel 8x8/16x16 levels,
-        where it would multiply the largest weights for little compute.
-    winograd_wide: the Winograd tile for the convs ``winograd_max_channels`` leaves out, 0 for direct.
+    winograd_wide_levels: the deepest this many UNet levels (at full size the 1280-channel 16x16 and 8x8
+        ones) take the tile ``winograd_wide`` instead of ``winograd_unet``. The Winograd-domain kernel is
+        (m+2)^2/9 times the 3x3 kernel (4x for m=4): at the high-resolution levels the products are
+        compute-bound and F(4,3) pays for every conv, the concatenated 960..1920-channel inputs of the up
+        blocks included; at 8x8 the bigger kernel is read for a few tiles and F(2,3) is faster, and at 16x16
+        F(4,3) gains 5-15% per conv for 2.25x the bytes of F(2,3). Measured per conv, batch 2, on this
+        project's host (2026-12-06): 960 -> 320 at 64x64 88 ms F(4,3) / 131 ms F(2,3); 1280 -> 1280 at 32x32
+        97 / 137 ms; 1280 -> 1280 at 16x16 35 / 39 ms; at 8x8 23 / 15 ms.
+    winograd_wide: the Winograd tile of the ``winograd_wide_levels`` deepest UNet levels, 0 for direct.
         F(2,3) grows a kernel 16/9 times instead of 4 times; on XNNPACK the wide direct convs are the slowest
-        per FLOP in the UNet (a 2560 -> 1280 conv at 16x16: 545 ms direct, 122 ms F(2,3) on this project's host).
+        per FLOP in the UNet (a 2560 -> 1280 conv at 16x16: 500 ms direct, 85 ms F(2,3) on this project's host).
     """
 
     gn_gelu: bool = False
@@ -270,7 +274,7 @@ class Optimizations:
     flash_block_kv: int = 1024
     winograd_unet: int = 0
     winograd_decoder: int = 0
-    winograd_max_channels: int = 640
+    winograd_wide_levels: int = 2
     winograd_wide: int = 0
 
     def validate(self) -> None:
@@ -278,9 +282,11 @@ class Optimizations:
             v = getattr(self, key)
             if v not in (0,) + WINOGRAD_TILES:
                 raise ConfigError(f"{key}={v} must be 0 (off) or one of {WINOGRAD_TILES}")
-        for key in ("flash_block_q", "flash_block_kv", "winograd_max_channels"):
+        for key in ("flash_block_q", "flash_block_kv"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive")
+        if self.winograd_wide_levels < 0:
+            raise ConfigError(f"winograd_wide_levels={self.winograd_wide_levels} must be 0 or more")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -309,8 +315,8 @@ LADDER["optimized"] = LADDER["+winograd"]
 # The set that runs fastest on a CPU (LiteRT's XNNPACK, measured on this project's 2-core x86 host): fused
 # GroupNorm/GELU and Winograd, but neither the partially fused softmax nor the flash tiling. Those two are GPU
 # optimizations; on XNNPACK the fused SOFTMAX op beats the decomposed max / exp / sum, and the tiling adds
-# reshapes (full-size down_blocks.0 alone: baseline 2.10 s, optimized 2.43 s, this set 1.47 s). The convs
-# over 640 input channels take F(2,3) (see ``winograd_wide``).
+# reshapes (full-size down_blocks.0 alone: baseline 2.10 s, optimized 2.43 s, this set 1.47 s). The two
+# deepest UNet levels take F(2,3) (see ``winograd_wide_levels``).
 LADDER["cpu"] = Optimizations(gn_gelu=True, winograd_unet=4, winograd_decoder=4, winograd_wide=2)
 #: the paper's ablation ladder, in order (the other names are aliases or device-specific sets)
 RUNGS = ("baseline", "+gn_gelu", "+softmax", "+flash", "+winograd")
@@ -344,7 +350,7 @@ def component_opts(component: str, opts: Optimizations) -> dict[str, Any]:
     keep = {"gn_gelu", "softmax"}
     if component == "unet":
         keep |= {"winograd_unet", "flash"} | ({"flash_block_q", "flash_block_kv"} if opts.flash else set())
-        keep |= {"winograd_max_channels", "winograd_wide"} if opts.winograd_unet else set()
+        keep |= {"winograd_wide_levels", "winograd_wide"} if opts.winograd_unet else set()
     else:
-        keep |= {"winograd_decoder"} | ({"winograd_max_channels", "winograd_wide"} if opts.winograd_decoder else set())
+        keep |= {"winograd_decoder"}
     return {k: d[k] for k in sorted(keep)}

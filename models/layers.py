@@ -231,13 +231,10 @@ class Conv3x3(Conv2d):
 WINOGRAD_MIN_CHANNELS = 16
 
 
-def conv3x3(cin: int, cout: int, winograd_m: int, opts) -> Conv3x3:
-    """A stride-1 3x3 conv of a component whose Winograd tile is ``winograd_m`` (0: direct). Winograd needs
-    WINOGRAD_MIN_CHANNELS on both sides; a conv with more than ``opts.winograd_max_channels`` input channels
-    takes the tile ``opts.winograd_wide`` instead (0: direct)."""
-    if not winograd_m or min(cin, cout) < WINOGRAD_MIN_CHANNELS:
-        return Conv3x3(cin, cout, 0)
-    return Conv3x3(cin, cout, winograd_m if cin <= opts.winograd_max_channels else opts.winograd_wide)
+def conv3x3(cin: int, cout: int, winograd_m: int) -> Conv3x3:
+    """A stride-1 3x3 conv with Winograd tile ``winograd_m`` (0: direct); Winograd needs WINOGRAD_MIN_CHANNELS
+    on both sides."""
+    return Conv3x3(cin, cout, winograd_m if min(cin, cout) >= WINOGRAD_MIN_CHANNELS else 0)
 
 
 def prepare(module: nn.Module) -> nn.Module:

@@ -31,10 +31,18 @@ class TimestepEmbedding(nn.Module):
         return self.linear_2(F.silu(self.linear_1(x)))
 
 
+def winograd_tile(opts: Optimizations, level: int, levels: int) -> int:
+    """The Winograd tile of the UNet's stride-1 3x3 convs at ``level`` (0: the latent's resolution) of
+    ``levels``: ``winograd_wide`` for the ``winograd_wide_levels`` deepest, ``winograd_unet`` above them."""
+    if not opts.winograd_unet:
+        return 0
+    return opts.winograd_wide if level >= levels - opts.winograd_wide_levels else opts.winograd_unet
+
+
 class DownBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, cfg: UNetConfig, attn: bool, down: bool, mode: str, opts: Optimizations):
+    def __init__(self, cin: int, cout: int, cfg: UNetConfig, attn: bool, down: bool, mode: str, opts: Optimizations,
+                 w: int):
         super().__init__()
-        w = opts.winograd_unet
         self.resnets = nn.ModuleList(
             ResnetBlock(cin if i == 0 else cout, cout, cfg.time_embed_dim, cfg.norm_num_groups, cfg.norm_eps, opts, w)
             for i in range(cfg.layers_per_block)
@@ -59,9 +67,8 @@ class DownBlock(nn.Module):
 
 
 class MidBlock(nn.Module):
-    def __init__(self, c: int, cfg: UNetConfig, mode: str, opts: Optimizations):
+    def __init__(self, c: int, cfg: UNetConfig, mode: str, opts: Optimizations, w: int):
         super().__init__()
-        w = opts.winograd_unet
         self.resnets = nn.ModuleList(
             ResnetBlock(c, c, cfg.time_embed_dim, cfg.norm_num_groups, cfg.norm_eps, opts, w) for _ in range(2)
         )
@@ -77,10 +84,10 @@ class MidBlock(nn.Module):
 
 class UpBlock(nn.Module):
     def __init__(self, cin: int, prev: int, cout: int, cfg: UNetConfig, attn: bool, up: bool, mode: str,
-                 opts: Optimizations):
+                 opts: Optimizations, w: int, w_up: int):
+        """``w``: the Winograd tile of the resnets' convs, ``w_up`` of the upsampler's (one level up)."""
         super().__init__()
         n = cfg.layers_per_block + 1
-        w = opts.winograd_unet
         self.resnets = nn.ModuleList(
             ResnetBlock((prev if i == 0 else cout) + (cin if i == n - 1 else cout), cout, cfg.time_embed_dim,
                         cfg.norm_num_groups, cfg.norm_eps, opts, w)
@@ -90,7 +97,7 @@ class UpBlock(nn.Module):
             Transformer2D(cout, cfg.attention_head_dim, cfg.cross_attention_dim, cfg.norm_num_groups, mode, opts)
             for _ in range(n)
         ) if attn else None
-        self.upsamplers = nn.ModuleList([Upsample(cout, w, opts)]) if up else None
+        self.upsamplers = nn.ModuleList([Upsample(cout, w_up)]) if up else None
 
     def forward(self, x, skips: list[torch.Tensor], temb, ctx):
         for i, res in enumerate(self.resnets):
@@ -129,22 +136,23 @@ class UNet(nn.Module):
         soft = "partial" if opts.softmax else "softmax"
         # FlashAttention pays at the highest resolution (the 64x64 level, head dim 40 at full size).
         mode_at = lambda level: "flash" if (opts.flash and level == 0) else soft  # noqa: E731
-        self.conv_in = conv3x3(cfg.in_channels, ch[0], opts.winograd_unet, opts)
+        tile = lambda level: winograd_tile(opts, level, n)  # noqa: E731
+        self.conv_in = conv3x3(cfg.in_channels, ch[0], tile(0))
         self.time_embedding = TimestepEmbedding(cfg.time_proj_dim, cfg.time_embed_dim)
         self.down_blocks = nn.ModuleList(
-            DownBlock(ch[max(i - 1, 0)], ch[i], cfg, t == "CrossAttnDownBlock2D", i < n - 1, mode_at(i), opts)
+            DownBlock(ch[max(i - 1, 0)], ch[i], cfg, t == "CrossAttnDownBlock2D", i < n - 1, mode_at(i), opts, tile(i))
             for i, t in enumerate(cfg.down_block_types)
         )
-        self.mid_block = MidBlock(ch[-1], cfg, soft, opts)
+        self.mid_block = MidBlock(ch[-1], cfg, soft, opts, tile(n - 1))
         rev = list(reversed(ch))
         ups = []
         for i, t in enumerate(cfg.up_block_types):
             prev = rev[max(i - 1, 0)]
             ups.append(UpBlock(rev[min(i + 1, n - 1)], prev, rev[i], cfg, t == "CrossAttnUpBlock2D", i < n - 1,
-                               mode_at(n - 1 - i), opts))
+                               mode_at(n - 1 - i), opts, tile(n - 1 - i), tile(n - 2 - i)))
         self.up_blocks = nn.ModuleList(ups)
         self.conv_norm_out = GroupNorm(cfg.norm_num_groups, ch[0], cfg.norm_eps, opts.gn_gelu)
-        self.conv_out = conv3x3(ch[0], cfg.out_channels, opts.winograd_unet, opts)
+        self.conv_out = conv3x3(ch[0], cfg.out_channels, tile(0))
 
     def stages(self) -> list[Stage]:
         """The forward pass as named stages, each one UNet block (what the per-block profile times)."""

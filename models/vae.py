@@ -45,7 +45,7 @@ class UpDecoderBlock(nn.Module):
         self.resnets = nn.ModuleList(
             ResnetBlock(cin if i == 0 else cout, cout, None, groups, VAE_EPS, opts, w) for i in range(layers)
         )
-        self.upsamplers = nn.ModuleList([Upsample(cout, w, opts)]) if up else None
+        self.upsamplers = nn.ModuleList([Upsample(cout, w)]) if up else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for res in self.resnets:
@@ -60,14 +60,14 @@ class Decoder(nn.Module):
         super().__init__()
         rev = list(reversed(cfg.block_out_channels))
         g = cfg.norm_num_groups
-        self.conv_in = conv3x3(cfg.latent_channels, rev[0], opts.winograd_decoder, opts)
+        self.conv_in = conv3x3(cfg.latent_channels, rev[0], opts.winograd_decoder)
         self.mid_block = VaeMidBlock(rev[0], g, opts)
         self.up_blocks = nn.ModuleList(
             UpDecoderBlock(rev[max(i - 1, 0)], rev[i], cfg.layers_per_block + 1, g, i < len(rev) - 1, opts)
             for i in range(len(rev))
         )
         self.conv_norm_out = GroupNorm(g, rev[-1], VAE_EPS, opts.gn_gelu)
-        self.conv_out = conv3x3(rev[-1], cfg.out_channels, opts.winograd_decoder, opts)
+        self.conv_out = conv3x3(rev[-1], cfg.out_channels, opts.winograd_decoder)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.mid_block(self.conv_in(z))

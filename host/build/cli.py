@@ -54,14 +54,15 @@ def add_build_arguments(p: argparse.ArgumentParser, several_variants: bool = Fal
         sw.add_argument(f"--{name.replace('_', '-')}", dest=name, action=argparse.BooleanOptionalAction, default=None)
     sw.add_argument("--winograd-unet", type=int, default=None, help=f"tile m in {WINOGRAD_TILES}, 0 = off")
     sw.add_argument("--winograd-decoder", type=int, default=None, help=f"tile m in {WINOGRAD_TILES}, 0 = off")
-    sw.add_argument("--winograd-max-channels", type=int, default=None)
+    sw.add_argument("--winograd-wide-levels", type=int, default=None,
+                    help="how many of the deepest UNet levels take --winograd-wide (default 2)")
     sw.add_argument("--winograd-wide", type=int, default=None,
-                    help=f"tile m in {WINOGRAD_TILES} for the convs over --winograd-max-channels, 0 = direct")
+                    help=f"tile m in {WINOGRAD_TILES} for the convs of the --winograd-wide-levels deepest UNet levels, 0 = direct")
     sw.add_argument("--flash-block-q", type=int, default=None)
     sw.add_argument("--flash-block-kv", type=int, default=None)
 
 
-SWITCH_ARGS = ("gn_gelu", "softmax", "flash", "winograd_unet", "winograd_decoder", "winograd_max_channels",
+SWITCH_ARGS = ("gn_gelu", "softmax", "flash", "winograd_unet", "winograd_decoder", "winograd_wide_levels",
                "winograd_wide", "flash_block_q", "flash_block_kv")
 
 

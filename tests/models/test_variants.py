@@ -21,7 +21,7 @@ def test_the_cpu_set_keeps_the_fused_ops_and_drops_the_gpu_attention_tricks():
 
 def test_winograd_skips_convs_with_a_handful_of_channels():
     cfg = get_model_config("tiny")
-    opts = get_variant("cpu").opts
+    opts = get_variant("cpu", winograd_wide_levels=0).opts  # one tile at every level
     unet = _winograd_convs(build_module("unet", cfg, opts))
     assert unet["conv_in"] == 0 and unet["conv_out"] == 0  # 4 channels in / out
     inner = {n: m for n, m in unet.items() if n not in ("conv_in", "conv_out")}
@@ -32,18 +32,31 @@ def test_winograd_skips_convs_with_a_handful_of_channels():
     assert cfg.vae.out_channels < WINOGRAD_MIN_CHANNELS <= min(cfg.unet.block_out_channels)
 
 
-def test_wide_convs_take_their_own_tile():
+def _level(name: str, levels: int) -> int:
+    """The UNet level (0: the latent's resolution) a conv of that name runs at."""
+    parts = name.split(".")
+    if parts[0] == "down_blocks":
+        return int(parts[1])
+    if parts[0] == "mid_block":
+        return levels - 1
+    assert parts[0] == "up_blocks", name
+    return levels - 1 - int(parts[1]) - (parts[2] == "upsamplers")  # an upsampler's conv runs a level up
+
+
+def test_the_deepest_levels_take_the_wide_tile():
     cfg = get_model_config("tiny")
-    narrow = min(cfg.unet.block_out_channels)
-    opts = get_variant("cpu", winograd_max_channels=narrow, winograd_wide=2).opts
+    levels = len(cfg.unet.block_out_channels)
+    opts = get_variant("cpu").opts
+    assert opts.winograd_wide_levels == 2 and levels > 2
     convs = {n: m for n, m in _winograd_convs(build_module("unet", cfg, opts)).items() if n not in ("conv_in", "conv_out")}
-    unet = build_module("unet", cfg, opts)
-    cin = {n: m.in_channels for n, m in unet.named_modules() if n in convs}
-    assert {convs[n] for n in convs if cin[n] <= narrow} == {opts.winograd_unet}
-    assert {convs[n] for n in convs if cin[n] > narrow} == {2}
-    direct = get_variant("cpu", winograd_max_channels=narrow, winograd_wide=0).opts  # wide convs stay direct
-    convs = _winograd_convs(build_module("unet", cfg, direct))
-    assert {convs[n] for n in cin if cin[n] > narrow} == {0}
+    deep = {n for n in convs if _level(n, levels) >= levels - 2}
+    assert deep and deep != set(convs) and "up_blocks.1.upsamplers.0.conv" not in deep
+    assert {convs[n] for n in deep} == {opts.winograd_wide} == {2}
+    assert {convs[n] for n in set(convs) - deep} == {opts.winograd_unet} == {4}
+    direct = _winograd_convs(build_module("unet", cfg, get_variant("cpu", winograd_wide=0).opts))
+    assert {direct[n] for n in deep} == {0} and {direct[n] for n in set(convs) - deep} == {4}
+    every = _winograd_convs(build_module("unet", cfg, get_variant("cpu", winograd_wide_levels=levels).opts))
+    assert {every[n] for n in convs} == {2}
 
 
 def test_wide_tile_is_validated_and_keyed_only_where_winograd_is_on():
@@ -51,6 +64,11 @@ def test_wide_tile_is_validated_and_keyed_only_where_winograd_is_on():
 
     with pytest.raises(ConfigError, match="winograd_wide"):
         get_variant("cpu", winograd_wide=3)
+    with pytest.raises(ConfigError, match="winograd_wide_levels"):
+        get_variant("cpu", winograd_wide_levels=-1)
     assert "winograd_wide" in component_opts("unet", get_variant("cpu").opts)
     assert "winograd_wide" not in component_opts("unet", get_variant("baseline").opts)
     assert "winograd_wide" not in component_opts("text_encoder", get_variant("cpu").opts)
+    # the decoder has no wide levels: its key does not move with them
+    assert component_opts("vae_decoder", get_variant("cpu").opts) == \
+        component_opts("vae_decoder", get_variant("cpu", winograd_wide=0, winograd_wide_levels=1).opts)
