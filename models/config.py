@@ -259,9 +259,9 @@ class Optimizations:
         (m+2)^2/9 times the 3x3 kernel (4x for m=4): at the high-resolution levels the products are
         compute-bound and F(4,3) pays for every conv, the concatenated 960..1920-channel inputs of the up
         blocks included; at 8x8 the bigger kernel is read for a few tiles and F(2,3) is faster, and at 16x16
-        F(4,3) gains 5-15% per conv for 2.25x the bytes of F(2,3). Measured per conv, batch 2, on this
-        project's host (2026-12-06): 960 -> 320 at 64x64 88 ms F(4,3) / 131 ms F(2,3); 1280 -> 1280 at 32x32
-        97 / 137 ms; 1280 -> 1280 at 16x16 35 / 39 ms; at 8x8 23 / 15 ms.
+        F(4,3) gains 5-15% per conv for 2.25x the bytes of F(2,3). Measured per conv, batch 2, median of 5
+        profiled invokes on this project's host (2026-12-06): 960 -> 320 at 64x64 88 ms F(4,3) / 132 ms F(2,3);
+        1280 -> 1280 at 32x32 98 / 138 ms; 1280 -> 1280 at 16x16 35 / 39 ms; at 8x8 23 / 15 ms.
     winograd_wide: the Winograd tile of the ``winograd_wide_levels`` deepest UNet levels, 0 for direct.
         F(2,3) grows a kernel 16/9 times instead of 4 times; on XNNPACK the wide direct convs are the slowest
         per FLOP in the UNet (a 2560 -> 1280 conv at 16x16: 500 ms direct, 85 ms F(2,3) on this project's host).

@@ -90,9 +90,9 @@ def test_winograd_is_selectable_per_component(tiny_builds):
 
 def test_wide_levels_with_their_own_tile_pass_the_gates(tiny_builds):
     # the cpu set: F(2,3) at the two deepest levels; with winograd_wide=0 those convs are direct
-    narrow, _ = tiny_builds.get("cpu", components=("unet",), winograd_wide=0)
+    direct, _ = tiny_builds.get("cpu", components=("unet",), winograd_wide=0)
     wide, _ = tiny_builds.get("cpu", components=("unet",))
-    assert _main_ops(wide, "unet")["BATCH_MATMUL"] > _main_ops(narrow, "unet")["BATCH_MATMUL"]
+    assert _main_ops(wide, "unet")["BATCH_MATMUL"] > _main_ops(direct, "unet")["BATCH_MATMUL"]
     assert _gates(wide["components"]["unet"])["variant_vs_baseline"]["passed"]
 
 
