@@ -28,6 +28,12 @@ system that fails is reported with its one-line error and the others go on.
 * torch-eager: diffusers UNet2DConditionModel / AutoencoderKL.decode / transformers CLIPTextModel, fp32,
   torch.inference_mode, no autocast, torch threads = --threads.
 
+Paired UNet calls (``--paired N``, default 4): the systems above each run alone for minutes, and this host's speed
+drifts by more than issue 6's margins between them. So once ours-optimized and litert-example have both run, one
+more subprocess loads both UNets (the same runtime as their runs) and calls them alternately on seeded inputs of
+their signatures, N pairs in ABBA order after one untimed call each; the step goal is also shown on the median
+of those per-pair ratios.
+
 Figures go to stdout and to ``<out>/pipeline.json`` (every raw sample), and to --json FILE.
 ``SDPHONE_BENCH_FAIL=system[,system]`` makes those systems fail on purpose (for tests).
 """
@@ -59,6 +65,7 @@ OURS = {BASELINE: ("baseline", "fp32"), OPTIMIZED: ("optimized", "fp32"), PAPER:
 #: issue 6's goals: (key, what, goal as a bound on the ratio)
 TARGETS = (
     ("optimized_step_vs_example", "UNet step: ours-optimized / litert-example", 0.6),
+    ("optimized_step_vs_example_paired", "UNet call, paired: ours-optimized / litert-example", 0.6),
     ("optimized_step_vs_floor", "UNet step: ours-optimized / direct-convolution floor", 1.3),
     ("optimized_generation_vs_example", "generation, models resident: ours-optimized / litert-example", 0.6),
     ("optimized_generation_loads_vs_example", "generation with our stage loads / litert-example", 0.6),
@@ -88,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="measured generations per system (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed generations before the measured ones (default 1)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--paired", type=int, default=4,
+                   help="pairs of alternating UNet calls, ours-optimized and litert-example in one process, after the "
+                        "systems ran (default 4; 0: none)")
     p.add_argument("--residency", choices=("all", "phase"), default="phase",
                    help="our systems' model residency (docs/protocol.md): phase (default) loads each model for its "
                         "stage and releases it after, so the peak is the largest model's; all holds the three")
@@ -110,8 +120,8 @@ def _validate(args) -> list[str]:
 
     if args.model not in MODELS:
         raise BenchError(f"--model {args.model!r}: choose one of {', '.join(MODELS)}")
-    if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or args.threads < 1:
-        raise BenchError("--steps, --repeats and --threads must be >= 1, --warmup >= 0")
+    if args.steps < 1 or args.repeats < 1 or args.warmup < 0 or args.threads < 1 or args.paired < 0:
+        raise BenchError("--steps, --repeats and --threads must be >= 1, --warmup and --paired >= 0")
     if args.size is not None and (args.size <= 0 or args.size % 64):
         raise BenchError(f"--size {args.size}: must be a positive multiple of 64")
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -139,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or REPO / "runs" / "bench" / f"pipeline-{stamp}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     settings = {"model": args.model, "steps": args.steps, "size": size, "repeats": args.repeats, "warmup": args.warmup,
+                "paired": args.paired,
                 "threads": args.threads, "residency": args.residency, "systems": systems, "scheduler": args.scheduler, "guidance": args.guidance,
                 "seed": args.seed, "seed_weights": args.seed_weights, "prompt": args.prompt, "negative_prompt": "",
                 "artifacts": str((args.artifacts or default_artifacts()).resolve()), "out": str(out)}
@@ -151,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         results[system] = run_system(system, settings, out, timeout=args.timeout or None, verbose=args.verbose)
 
     report = assemble(settings, results, argv)
+    report["paired_step"] = run_paired(settings, results, out, timeout=args.timeout or None, verbose=args.verbose)
     report["flop_floor"] = flop_floor(results)
     report["image_check"] = image_check(out, results)
     report["targets"] = targets(report)
@@ -170,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         from host.deploy import link_latest
 
         link_latest(out.parent, out)
-    return 0 if all(r["status"] == "ok" for r in results.values()) else 1
+    paired_ok = (report["paired_step"] or {}).get("status", "ok") == "ok"
+    return 0 if paired_ok and all(r["status"] == "ok" for r in results.values()) else 1
 
 
 def write_report(out: Path) -> Path | None:
@@ -230,6 +243,38 @@ def run_system(system: str, settings: dict, out: Path, timeout: float | None, ve
     try:
         rec["stats"] = system_stats(rec["run"])
         rec["status"] = "ok"
+    except (BenchError, KeyError, TypeError, ValueError) as e:
+        rec["error"] = f"results: {e}"
+    return rec
+
+
+def run_paired(settings: dict, results: dict[str, dict], out: Path, timeout: float | None, verbose: bool) -> dict | None:
+    """Alternating UNet calls of ours-optimized and litert-example in one subprocess (``settings["paired"]`` pairs),
+    once both systems ran; None when they did not or pairing is off. Never raises."""
+    n = int(settings.get("paired") or 0)
+    ours, example = results.get(OPTIMIZED) or {}, results.get("litert-example") or {}
+    if n < 1 or ours.get("status") != "ok" or example.get("status") != "ok":
+        return None
+    files = {OPTIMIZED: str(Path(ours["prepare"]["info"]["build_dir"]) / "unet.tflite"),
+             "litert-example": str(Path(example["prepare"]["info"]["folder"]) / _example_unet_file())}
+    sdir = out / "paired"
+    sdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    print(f"  paired UNet calls ({n} pairs): run ...", flush=True)
+    res = _spawn("run", "paired", {**settings, "prepared": {"files": files}}, sdir, timeout, verbose)
+    rec: dict[str, Any] = {"status": "failed", "error": None, "run": res, "files": files,
+                           "wall_seconds": round(time.perf_counter() - t0, 2)}
+    if not res.get("ok"):
+        rec["error"] = f"run: {res.get('error') or 'failed'}"
+        print(f"  paired UNet calls FAILED: {res.get('error')}", flush=True)
+        return rec
+    try:
+        a, b = res["samples"][OPTIMIZED], res["samples"]["litert-example"]
+        if len(a) != n or len(b) != n:
+            raise BenchError(f"{len(a)} / {len(b)} calls, expected {n} of each")
+        rec["stats"] = {OPTIMIZED: _stats(a), "litert-example": _stats(b), "ratio": _stats([x / y for x, y in zip(a, b)])}
+        rec["status"] = "ok"
+        print(f"  paired UNet calls ok in {rec['wall_seconds']:.1f} s", flush=True)
     except (BenchError, KeyError, TypeError, ValueError) as e:
         rec["error"] = f"results: {e}"
     return rec
@@ -398,8 +443,9 @@ def image_check(out: Path, results: dict[str, dict]) -> dict:
 
 
 def targets(report: dict) -> list[dict]:
-    """Issue 6's goals, each as a ratio of two figures measured in this run (medians), with its bound and the
-    margin: ``ratio / goal - 1`` (> 0: missed by that fraction). Goals whose figures this run lacks are left out."""
+    """Issue 6's goals, each as a ratio of two figures measured in this run (medians; the paired UNet call: the
+    median of its per-pair ratios), with its bound and the margin: ``ratio / goal - 1`` (> 0: missed by that
+    fraction). Goals whose figures this run lacks are left out."""
     results = report["systems"]
     ok = {s: r for s, r in results.items() if r.get("status") == "ok"}
 
@@ -411,8 +457,13 @@ def targets(report: dict) -> list[dict]:
         return float(sum(sizes.values())) if sizes else None
 
     floor = ((report.get("flop_floor") or {}).get(BASELINE) or {}).get("floor_s")
+    paired = (report.get("paired_step") or {}).get("stats") or {}
     figures = {
         "optimized_step_vs_example": (step(OPTIMIZED), step("litert-example")),
+        # its ratio is the median of the per-pair ratios, not the ratio of the two medians
+        "optimized_step_vs_example_paired": ((paired.get(OPTIMIZED) or {}).get("median"),
+                                             (paired.get("litert-example") or {}).get("median"),
+                                             (paired.get("ratio") or {}).get("median")),
         "optimized_step_vs_floor": (step(OPTIMIZED), floor),
         "optimized_generation_vs_example": (_median(ok.get(OPTIMIZED), "generation_resident"),
                                             _median(ok.get("litert-example"), "generation_resident")),
@@ -425,10 +476,10 @@ def targets(report: dict) -> list[dict]:
     }
     out = []
     for key, what, goal in TARGETS:
-        value, ref = figures[key]
+        value, ref, *paired_ratio = figures[key]
         if value is None or not ref:
             continue
-        ratio = value / ref
+        ratio = paired_ratio[0] if paired_ratio else value / ref
         out.append({"key": key, "what": what, "value": value, "reference": ref, "ratio": ratio, "goal": goal,
                     "met": ratio <= goal, "margin": ratio / goal - 1.0})
     return out
@@ -502,8 +553,19 @@ def render(report: dict) -> str:
     elif ff:
         lines += ["", f"UNet FLOP floor unavailable: {ff['error']}"]
 
+    pr = report.get("paired_step")
+    if pr and pr.get("status") == "ok":
+        ps = pr["stats"]
+        cell = lambda x: f"{x['median']:.4g} s [{x['min']:.4g} - {x['max']:.4g}]"  # noqa: E731
+        lines += ["", f"UNet call, paired ({ps['ratio']['n']} alternating pairs in one process, ABBA order; the bare "
+                      f"batch-2 call, median [min - max]):",
+                  f"  {OPTIMIZED} {cell(ps[OPTIMIZED])}; litert-example {cell(ps['litert-example'])}; per-pair ratio "
+                  f"{ps['ratio']['median']:.3f} [{ps['ratio']['min']:.3f} - {ps['ratio']['max']:.3f}]"]
+    elif pr:
+        lines += ["", f"UNet call, paired: FAILED: {pr['error']}"]
+
     if report.get("targets"):
-        lines += ["", "targets (issue 6; ratio of medians measured in this run):"]
+        lines += ["", "targets (issue 6; ratio of medians measured in this run; paired: median of per-pair ratios):"]
         for t in report["targets"]:
             verdict = "met" if t["met"] else f"MISSED by {t['margin'] * 100:.0f}%"
             lines.append(f"  {t['what']:<55} {t['ratio']:6.3f}  goal <= {t['goal']:<4g} {verdict}")
@@ -829,6 +891,52 @@ def _run_litert_example(system: str, spec: dict, sdir: Path) -> dict:
                      "note": note}}
 
 
+# ------------------------------------------------------------------------------------------------ paired
+
+
+def _example_unet_file() -> str:
+    from host.bench.refs import LITERT_EXAMPLE_FILES
+
+    return LITERT_EXAMPLE_FILES["unet"]
+
+
+def _run_paired(system: str, spec: dict, sdir: Path) -> dict:
+    """Both UNets loaded, one untimed call each, then ``spec["paired"]`` pairs in ABBA order (ours first in even
+    pairs): what drifts on this host during the pairs drifts for both. Inputs: seeded normal values in each
+    model's own signature (the call's speed does not depend on them); outputs must be finite."""
+    import numpy as np
+
+    from host.runtime import open_model
+
+    _maybe_fail(system)
+    files = spec["prepared"]["files"]
+    rng = np.random.default_rng(spec["seed"])
+    models, inputs = {}, {}
+    for name, path in files.items():
+        models[name] = m = open_model(path, threads=spec["threads"])
+        inputs[name] = {k: (rng.standard_normal(shape) if np.dtype(dt).kind == "f" else np.zeros(shape)).astype(dt)
+                        for k, (shape, dt) in m.inputs.items()}
+
+    def call(name: str) -> float:
+        t0 = time.perf_counter()
+        outs = models[name].run(**inputs[name])
+        dt = time.perf_counter() - t0
+        if not all(np.isfinite(v).all() for v in outs.values()):
+            raise BenchError(f"paired: non-finite UNet output from {name} ({files[name]})")
+        return dt
+
+    first = {name: call(name) for name in files}
+    samples: dict[str, list[float]] = {name: [] for name in files}
+    names = list(files)
+    for k in range(int(spec["paired"])):
+        for name in (names if k % 2 == 0 else names[::-1]):
+            samples[name].append(call(name))
+        log(f"paired: pair {k}: " + ", ".join(f"{n} {samples[n][-1]:.3f} s" for n in names))
+    return {"samples": samples, "first_call": first, "peak_rss_bytes": _vmhwm(),
+            "info": {"order": "ABBA: " + " / ".join(names) + " in even pairs, reversed in odd ones",
+                     "inputs": {n: {k: list(v.shape) for k, v in i.items()} for n, i in inputs.items()}}}
+
+
 # ------------------------------------------------------------------------------------------------ torch-eager
 
 
@@ -891,6 +999,7 @@ _CHILD: dict[tuple[str, str], Callable[[str, dict, Path], dict]] = {
     ("prepare", "ours"): _prepare_ours, ("run", "ours"): _run_ours,
     ("prepare", "litert-example"): _prepare_litert_example, ("run", "litert-example"): _run_litert_example,
     ("prepare", "torch-eager"): _prepare_nothing, ("run", "torch-eager"): _run_torch_eager,
+    ("run", "paired"): _run_paired,
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import pytest
 
@@ -118,6 +119,22 @@ def test_ratios_and_cross_checks(full_run):
         gen["ours-optimized"] / gen["litert-example"])
     assert "gen. less loads" in text
 
+    # The step goal again on paired calls: both UNets in one process, alternating.
+    pr = report["paired_step"]
+    assert pr["status"] == "ok", pr
+    a, b = pr["run"]["samples"]["ours-optimized"], pr["run"]["samples"]["litert-example"]
+    assert len(a) == len(b) == report["settings"]["paired"] == 4
+    assert all(_finite_positive(v) for v in a + b + list(pr["run"]["first_call"].values()))
+    assert pr["stats"]["ratio"]["median"] == pytest.approx(statistics.median(x / y for x, y in zip(a, b)))
+    assert pr["files"]["ours-optimized"] == report["systems"]["ours-optimized"]["prepare"]["info"]["build_dir"] + "/unet.tflite"
+    assert pr["files"]["litert-example"].endswith("/diffusion.tflite")
+    t = goals["optimized_step_vs_example_paired"]
+    assert t["ratio"] == pytest.approx(pr["stats"]["ratio"]["median"]) and t["goal"] == 0.6
+    assert t["value"] == pr["stats"]["ours-optimized"]["median"]
+    assert t["reference"] == pr["stats"]["litert-example"]["median"]
+    assert "UNet call, paired (4 alternating pairs in one process" in text
+    assert "UNet call, paired: ours-optimized / litert-example" in text
+
 
 def test_a_failing_system_is_reported_and_the_others_still_run(full_run, artifact_root, tmp_path, monkeypatch, capsys):
     _, _, first = full_run
@@ -138,6 +155,22 @@ def test_a_failing_system_is_reported_and_the_others_still_run(full_run, artifac
     assert folder == first["systems"]["litert-example"]["prepare"]["info"]["folder"]
     assert folder.startswith(str(artifact_root / "litert-example" / "tiny" / ""))
     assert report["ratios"] == {}  # neither ours-baseline nor ours-optimized ran
+    assert report["paired_step"] is None  # nothing to pair the example with
+
+
+def test_a_failing_paired_phase_is_reported_and_fails_the_run(full_run, artifact_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(pipeline.FAIL_ENV, "paired")
+    rc = pipeline.main(TINY + ["--systems", "ours-optimized,litert-example", "--warmup", "0", "--paired", "2",
+                               "--artifacts", str(artifact_root), "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert rc == 1
+    report = json.loads((tmp_path / "pipeline.json").read_text())
+    assert all(r["status"] == "ok" for r in report["systems"].values())  # what the systems measured is kept
+    pr = report["paired_step"]
+    assert pr["status"] == "failed" and "paired: forced failure" in pr["error"] and "\n" not in pr["error"]
+    assert "UNet call, paired: FAILED: run: paired: forced failure" in printed
+    goals = {t["key"] for t in report["targets"]}
+    assert "optimized_step_vs_example" in goals and "optimized_step_vs_example_paired" not in goals
 
 
 def test_bad_arguments_are_rejected_before_anything_runs(tmp_path, capsys):
