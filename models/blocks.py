@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import Optimizations
-from models.layers import Conv2d, GroupNorm, attention, conv3x3, gelu, merge_heads, split_heads
+from models.layers import Conv2d, GroupNorm, attention, broadcast_batch, conv3x3, gelu, merge_heads, split_heads
 
 
 class ResnetBlock(nn.Module):
@@ -26,6 +26,8 @@ class ResnetBlock(nn.Module):
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         if self.time_emb_proj is not None:
+            if temb.shape[0] > x.shape[0]:  # x is computed once for every CFG entry, whose timesteps are the same
+                temb = temb[: x.shape[0]]
             h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
         h = self.conv2(F.silu(self.norm2(h)))
         skip = self.conv_shortcut(x) if self.conv_shortcut is not None else x
@@ -137,6 +139,7 @@ class BasicTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))
+        x = broadcast_batch(x, context.shape[0])  # the self-attention of a CFG-shared prefix ends here
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
 
@@ -154,7 +157,7 @@ class Transformer2D(nn.Module):
         t = self.proj_in(self.norm(x)).reshape(b, c, h * w).transpose(1, 2)
         for blk in self.transformer_blocks:
             t = blk(t, context)
-        return self.proj_out(t.transpose(1, 2).reshape(b, c, h, w)) + x
+        return self.proj_out(t.transpose(1, 2).reshape(t.shape[0], c, h, w)) + x  # t may have more batch than x
 
 
 class Downsample(nn.Module):

@@ -80,8 +80,10 @@ def sample_inputs(component: str, cfg: ModelConfig, seed: int = 0, timestep: flo
         ids = torch.randint(0, te.vocab_size, (cfg.cfg_batch, te.max_position_embeddings), generator=g)
         return {"input_ids": ids.to(torch.int32)}
     if component == "unet":
+        # classifier-free guidance: one latent and one timestep for every batch entry, the contexts differ
+        sample = torch.randn(1, un.in_channels, lat, lat, generator=g)
         return {
-            "sample": torch.randn(cfg.cfg_batch, un.in_channels, lat, lat, generator=g),
+            "sample": torch.cat([sample] * cfg.cfg_batch),
             "t_emb": torch.from_numpy(timestep_embedding([timestep] * cfg.cfg_batch, un.time_proj_dim)),
             "context": torch.randn(cfg.cfg_batch, te.max_position_embeddings, un.cross_attention_dim, generator=g),
         }

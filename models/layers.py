@@ -150,6 +150,16 @@ def _flash_attention(q, k, v, block_q: int, block_kv: int) -> torch.Tensor:
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
 
 
+def broadcast_batch(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``x`` repeated along its batch axis to ``n`` entries (unchanged when it has them): where a tensor computed
+    once for every classifier-free-guidance entry (``Optimizations.cfg_shared_prefix``) meets per-entry ones."""
+    if x.shape[0] == n:
+        return x
+    if n % x.shape[0]:
+        raise ValueError(f"cannot broadcast a batch of {x.shape[0]} to {n}")
+    return torch.cat([x] * (n // x.shape[0]))
+
+
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     b, n, c = x.shape
     return x.reshape(b, n, heads, c // heads).transpose(1, 2)

@@ -18,7 +18,7 @@ from torch import nn
 
 from models.blocks import Downsample, ResnetBlock, Transformer2D, Upsample
 from models.config import Optimizations, UNetConfig
-from models.layers import GroupNorm, conv3x3
+from models.layers import GroupNorm, broadcast_batch, conv3x3
 
 
 class TimestepEmbedding(nn.Module):
@@ -101,7 +101,7 @@ class UpBlock(nn.Module):
 
     def forward(self, x, skips: list[torch.Tensor], temb, ctx):
         for i, res in enumerate(self.resnets):
-            x = res(torch.cat([x, skips.pop()], dim=1), temb)
+            x = res(torch.cat([x, broadcast_batch(skips.pop(), x.shape[0])], dim=1), temb)
             if self.attentions is not None:
                 x = self.attentions[i](x, ctx)
         if self.upsamplers is not None:
@@ -131,6 +131,7 @@ class UNet(nn.Module):
     def __init__(self, cfg: UNetConfig, opts: Optimizations = Optimizations()):
         super().__init__()
         self.config = cfg
+        self.cfg_shared_prefix = opts.cfg_shared_prefix
         ch = cfg.block_out_channels
         n = len(ch)
         soft = "partial" if opts.softmax else "softmax"
@@ -156,8 +157,11 @@ class UNet(nn.Module):
 
     def stages(self) -> list[Stage]:
         """The forward pass as named stages, each one UNet block (what the per-block profile times)."""
+        # cfg_shared_prefix: conv_in and what follows run on batch entry 0 until the first transformer's
+        # self-attention has been added (BasicTransformerBlock broadcasts there, UpBlock at the skip connection)
+        first = (lambda sample: sample[:1]) if self.cfg_shared_prefix else (lambda sample: sample)  # noqa: E731
         stages = [Stage("conv_in", ("sample", "t_emb"), ("skip_0", "temb"),
-                        lambda sample, t_emb: (self.conv_in(sample), self.time_embedding(t_emb)))]
+                        lambda sample, t_emb: (self.conv_in(first(sample)), self.time_embedding(t_emb)))]
         n = 1
         for i, blk in enumerate(self.down_blocks):
             k = len(blk.resnets) + (blk.downsamplers is not None)

@@ -50,7 +50,7 @@ def add_build_arguments(p: argparse.ArgumentParser, several_variants: bool = Fal
     p.add_argument("--seed-weights", type=int, default=0, help="seed of the random weights when no checkpoint is given")
     p.add_argument("--artifacts", type=Path, default=None, help="artifact store (default $SDPHONE_ARTIFACTS or ./artifacts)")
     sw = p.add_argument_group("switches (override the variant's)")
-    for name in ("gn_gelu", "softmax", "flash"):
+    for name in ("gn_gelu", "softmax", "flash", "cfg_shared_prefix"):
         sw.add_argument(f"--{name.replace('_', '-')}", dest=name, action=argparse.BooleanOptionalAction, default=None)
     sw.add_argument("--winograd-unet", type=int, default=None, help=f"tile m in {WINOGRAD_TILES}, 0 = off")
     sw.add_argument("--winograd-decoder", type=int, default=None, help=f"tile m in {WINOGRAD_TILES}, 0 = off")
@@ -63,7 +63,7 @@ def add_build_arguments(p: argparse.ArgumentParser, several_variants: bool = Fal
 
 
 SWITCH_ARGS = ("gn_gelu", "softmax", "flash", "winograd_unet", "winograd_decoder", "winograd_wide_levels",
-               "winograd_wide", "flash_block_q", "flash_block_kv")
+               "winograd_wide", "flash_block_q", "flash_block_kv", "cfg_shared_prefix")
 
 
 def variants_from_args(args) -> list:

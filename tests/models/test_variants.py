@@ -72,3 +72,42 @@ def test_wide_tile_is_validated_and_keyed_only_where_winograd_is_on():
     # the decoder has no wide levels: its key does not move with them
     assert component_opts("vae_decoder", get_variant("cpu").opts) == \
         component_opts("vae_decoder", get_variant("cpu", winograd_wide=0, winograd_wide_levels=1).opts)
+
+
+def test_the_cfg_shared_prefix_gives_the_same_noise_prediction_and_runs_the_prefix_once():
+    import torch
+
+    from models.components import load_weights, random_state_dict, sample_inputs
+    from models.layers import prepare
+
+    cfg = get_model_config("tiny")
+    assert get_variant("cpu").opts.cfg_shared_prefix and not LADDER["optimized"].cfg_shared_prefix
+    inputs = sample_inputs("unet", cfg)
+    assert torch.equal(inputs["sample"][0], inputs["sample"][1]) and torch.equal(inputs["t_emb"][0], inputs["t_emb"][1])
+    assert not torch.equal(inputs["context"][0], inputs["context"][1])
+    last = f"up_blocks.{len(cfg.unet.block_out_channels) - 1}.resnets.{cfg.unet.layers_per_block}"  # takes conv_in's skip
+    out, batches = {}, {}
+    for shared in (False, True):
+        m = build_module("unet", cfg, get_variant("cpu", cfg_shared_prefix=shared).opts)
+        m = prepare(load_weights(m, random_state_dict(m, seed=3)))
+        seen = []
+        hooks = [mod.register_forward_hook(lambda mod, args, res, name=name: seen.append((name, res.shape[0])))
+                 for name, mod in m.named_modules() if name in ("conv_in", "down_blocks.0.resnets.0",
+                                                                "down_blocks.0.attentions.0.transformer_blocks.0.attn1",
+                                                                "down_blocks.0.attentions.0.transformer_blocks.0.attn2",
+                                                                last)]
+        with torch.no_grad():
+            out[shared] = m(**inputs)
+        for h in hooks:
+            h.remove()
+        batches[shared] = dict(seen)
+    assert batches[False] == dict.fromkeys(batches[False], 2) and len(batches[False]) == 5
+    # conv_in, the first resnet and the first self-attention run once; the cross-attention and everything after
+    # it (the skip connection from conv_in included) per CFG entry
+    assert batches[True] == {"conv_in": 1, "down_blocks.0.resnets.0": 1,
+                             "down_blocks.0.attentions.0.transformer_blocks.0.attn1": 1,
+                             "down_blocks.0.attentions.0.transformer_blocks.0.attn2": 2, last: 2}
+    assert out[True].shape == out[False].shape == (2, cfg.unet.out_channels, cfg.latent_size, cfg.latent_size)
+    assert torch.isfinite(out[True]).all()
+    assert (out[True] - out[False]).abs().max() <= 1e-5 * out[False].abs().max()
+    assert not torch.allclose(out[True][0], out[True][1])  # the two entries still differ (their contexts do)
