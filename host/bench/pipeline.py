@@ -52,7 +52,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from host.bench.refs import BenchError
+from host.bench.refs import LITERT_EXAMPLE_FILES, BenchError
 
 SYSTEMS = ("ours-baseline", "ours-optimized", "ours-paper", "ours-int8", "litert-example", "torch-eager")
 BASELINE, OPTIMIZED, PAPER, INT8 = "ours-baseline", "ours-optimized", "ours-paper", "ours-int8"
@@ -256,7 +256,7 @@ def run_paired(settings: dict, results: dict[str, dict], out: Path, timeout: flo
     if n < 1 or ours.get("status") != "ok" or example.get("status") != "ok":
         return None
     files = {OPTIMIZED: str(Path(ours["prepare"]["info"]["build_dir"]) / "unet.tflite"),
-             "litert-example": str(Path(example["prepare"]["info"]["folder"]) / _example_unet_file())}
+             "litert-example": str(Path(example["prepare"]["info"]["folder"]) / LITERT_EXAMPLE_FILES["unet"])}
     sdir = out / "paired"
     sdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -846,7 +846,6 @@ def _prepare_litert_example(system: str, spec: dict, sdir: Path) -> dict:
 def _run_litert_example(system: str, spec: dict, sdir: Path) -> dict:
     import numpy as np
 
-    from host.bench.refs import LITERT_EXAMPLE_FILES
     from host.runtime import delegate_label, open_model
 
     _maybe_fail(system)
@@ -894,28 +893,19 @@ def _run_litert_example(system: str, spec: dict, sdir: Path) -> dict:
 # ------------------------------------------------------------------------------------------------ paired
 
 
-def _example_unet_file() -> str:
-    from host.bench.refs import LITERT_EXAMPLE_FILES
-
-    return LITERT_EXAMPLE_FILES["unet"]
-
-
 def _run_paired(system: str, spec: dict, sdir: Path) -> dict:
     """Both UNets loaded, one untimed call each, then ``spec["paired"]`` pairs in ABBA order (ours first in even
     pairs): what drifts on this host during the pairs drifts for both. Inputs: seeded normal values in each
     model's own signature (the call's speed does not depend on them); outputs must be finite."""
     import numpy as np
 
+    from host.bench.runtime import signature_inputs
     from host.runtime import open_model
 
     _maybe_fail(system)
     files = spec["prepared"]["files"]
-    rng = np.random.default_rng(spec["seed"])
-    models, inputs = {}, {}
-    for name, path in files.items():
-        models[name] = m = open_model(path, threads=spec["threads"])
-        inputs[name] = {k: (rng.standard_normal(shape) if np.dtype(dt).kind == "f" else np.zeros(shape)).astype(dt)
-                        for k, (shape, dt) in m.inputs.items()}
+    models = {name: open_model(path, threads=spec["threads"]) for name, path in files.items()}
+    inputs = {name: signature_inputs(m.inputs) for name, m in models.items()}
 
     def call(name: str) -> float:
         t0 = time.perf_counter()

@@ -63,7 +63,8 @@ def _rss_split() -> dict[str, int]:
     return out
 
 
-def _inputs(details: dict[str, tuple[tuple[int, ...], str]]):
+def signature_inputs(details: dict[str, tuple[tuple[int, ...], str]]):
+    """Seeded inputs for a model's ``inputs`` ({name: (shape, dtype)}): normal floats, zeros otherwise."""
     import zlib
 
     import numpy as np
@@ -84,7 +85,7 @@ def child(config: str, path: str, threads: int, invokes: int, cache: str | None,
 
     m = (LiteRtModel(path, threads=threads) if config == "interpreter"
          else CompiledLiteRtModel(path, threads=threads, weight_cache=cache))
-    feed = _inputs(m.inputs)
+    feed = signature_inputs(m.inputs)
     out_name = next(iter(m.outputs))
 
     def run():
