@@ -103,6 +103,7 @@ def test_a_loaded_winograd_model_holds_none_of_its_file_and_computes_the_same(ti
     cache = tmp_path / "unet.xnnpack_cache"
     model = CompiledLiteRtModel(path, weight_cache=str(cache))
     assert model.released_bytes > 0 and _mapped_rss(path) < (64 << 10)
+    assert model.load_watch.skipped == "" and model.load_watch.passes >= 1  # the native watch ran during the load
     monkeypatch.setattr(host.runtime, "release_file_pages", lambda p: 0)
     kept = CompiledLiteRtModel(path, weight_cache=str(cache))
     assert kept.released_bytes == 0 and _mapped_rss(path) > 0
@@ -131,3 +132,15 @@ def test_trim_heap_returns_the_holes_a_freed_model_leaves():
     after = anon()
     assert before - after > (150 << 20), (before, after)
     assert pin[0] == 1
+
+
+def test_a_bad_page_watch_setting_stops_the_load_in_one_line(tiny_builds, monkeypatch):
+    import pytest
+
+    from host.errors import HarnessError
+    from host.native import WATCH_ENV
+
+    _, build = tiny_builds.get("baseline")
+    monkeypatch.setenv(WATCH_ENV, "-5")
+    with pytest.raises(HarnessError, match=rf"^{WATCH_ENV}='-5': expected 'off' or an interval in milliseconds"):
+        CompiledLiteRtModel(str(build / "unet.tflite"))
