@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['component']:<14}{r['build_s']:>10.1f}{r['peak_rss_gib']:>14.2f}{r['size_mib']:>10.1f}")
     print(f"total cold build {cold:.1f} s; warm no-op rebuild {warm:.2f} s (cache hit: {cached})")
+    stages = {c: m.get("stages", []) for c, m in manifest["components"].items()}
+    for c, rows_c in stages.items():
+        print(f"{c} by stage (seconds, process high-water mark at its end):")
+        for r in rows_c:
+            print(f"  {r['stage']:<30}{r['seconds']:>8.1f} s{(r['peak_rss_bytes'] or 0) / 2**30:>8.2f} GiB")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "cold_s": cold, "warm_s": warm, "tools": manifest["tool_versions"]}, indent=2))
+        args.json.write_text(json.dumps({"rows": rows, "stages": stages, "cold_s": cold, "warm_s": warm,
+                                         "tools": manifest["tool_versions"]}, indent=2))
     return 0

@@ -148,6 +148,7 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
 
     _reset_peak_rss()
     t0 = time.perf_counter()
+    stages = _Stages()
     inputs = sample_inputs(component, cfg, seed=GATE_SEED, timestep=GATE_TIMESTEP)
     base_variant = get_variant("baseline")
     # The variant runs the baseline's PyTorch module (e.g. the text encoder of the `cpu` set, or baseline-int8).
@@ -165,13 +166,16 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
     base = build_module(component, cfg, base_variant.opts)
     state = weights.state_dict(component, base)
     load_weights(base, state)
+    stages.mark("baseline module and weights")
     y_base = run_torch(base)
+    stages.mark("baseline PyTorch run")
     if opts.verify:
         from host.build.reference import reference_module, reference_output
 
         ref = reference_module(component, cfg, state)
         y_ref = reference_output(component, ref, inputs, GATE_TIMESTEP)
         del ref
+        stages.mark("diffusers reference run")
         results.append(gates.check("baseline_vs_diffusers", component, y_base, y_ref, "rel_err", gates.DIFFUSERS_REL_ERR))
         gates.enforce(results)
     gc.collect()
@@ -183,7 +187,9 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
     else:
         module = build_module(component, cfg, variant.opts)
         load_weights(module, state)
+        stages.mark("variant module")
         y_var = run_torch(module)
+        stages.mark("variant PyTorch run")
     del base, state  # the module holds what it runs; raw kernels it transformed are freed with the dict
     final = store.component_dir(key)
     tmp = store.staging(final)
@@ -194,11 +200,13 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
     del module
     gc.collect()
     convert_s = time.perf_counter() - t0
+    stages.mark("conversion")
 
     # 3. The .tflite against its own PyTorch module, and against the baseline.
     lite = LiteRtModel(str(out_path), threads=opts.threads)
     y_lite = lite.run(**{k: v.numpy() for k, v in inputs.items()})[OUTPUT_NAMES[component]]
     del lite
+    stages.mark("LiteRT load and run")
     results.append(gates.check("tflite_vs_torch", component, y_lite, y_var, "rel_err",
                                gates.TFLITE_VS_TORCH_REL_ERR[variant.quantization]))
     if not is_baseline:
@@ -229,9 +237,24 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
         "convert_seconds": round(convert_s, 2),
         "peak_rss_bytes": _peak_rss(),
     }
+    stages.mark("model info and hash")
+    meta["stages"] = stages.rows
     store.commit(tmp, final, "component.json", meta)
     gc.collect()
     return meta
+
+
+class _Stages:
+    """Wall time and the process's high-water mark at the end of each stage of a component's build."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self._t = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.rows.append({"stage": name, "seconds": round(now - self._t, 2), "peak_rss_bytes": _peak_rss()})
+        self._t = now
 
 
 def _dtype(t) -> str:

@@ -234,3 +234,24 @@ def test_a_variant_running_the_baseline_module_builds_and_runs_it_once(spec, com
                       BuildOptions(root=tmp_path, components=(component,), progress=False), log=lambda s: None)
     assert (len(made), len(ran)) == (builds, forwards)
     assert shared == [True]
+
+
+def test_a_component_build_records_where_its_time_and_memory_went(tmp_path):
+    """Each stage's wall time and the process's high-water mark at its end (the store may hold components built
+    before stages were recorded, so this builds one afresh)."""
+    from host.build.builder import BuildOptions, build_variant
+    from host.build.cli import parse_variant
+    from host.build.weights import resolve
+    from models.config import get_variant
+
+    weights = resolve("tiny", None, 0, None, str(tmp_path / "index.json"))
+    manifest, _, cached = build_variant(get_variant(*parse_variant("cpu", "fp32")), weights,
+                                        BuildOptions(root=tmp_path, components=("vae_decoder",)), log=lambda s: None)
+    comp = manifest["components"]["vae_decoder"]
+    names = [r["stage"] for r in comp["stages"]]
+    assert not cached and names == ["baseline module and weights", "baseline PyTorch run", "diffusers reference run",
+                                    "variant module", "variant PyTorch run", "conversion", "LiteRT load and run",
+                                    "model info and hash"]
+    assert abs(sum(r["seconds"] for r in comp["stages"]) - comp["build_seconds"]) < 0.5
+    hwm = [r["peak_rss_bytes"] for r in comp["stages"]]
+    assert hwm == sorted(hwm) and hwm[-1] >= comp["peak_rss_bytes"] > 0
