@@ -19,3 +19,9 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
         || echo "setup: chromium not installed; the report's browser test will be skipped" >&2
 fi
+# A C compiler for the host runtime's load-time page watch (host/native, built on first use); without one the
+# models load as before, only with a higher peak. Installed like Chromium, only where it is missing.
+if ! command -v "${CC:-cc}" >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc >/dev/null; } \
+        || echo "setup: no C compiler installed; model loads will run without the page watch" >&2
+fi
