@@ -53,14 +53,26 @@ def _target(m: int, n: int) -> np.ndarray:
     return t
 
 
+#: columns of the kernel matrix transformed per float64 product in :func:`transform_weight`
+TRANSFORM_COLUMNS = 1 << 18
+
+
 def transform_weight(weight: torch.Tensor, m: int) -> torch.Tensor:
-    """Kernel [Cout, Cin, 3, 3] -> Winograd-domain weights U [n*n, Cin, Cout] (float64 math)."""
+    """Kernel [Cout, Cin, 3, 3] -> Winograd-domain weights U [n*n, Cin, Cout] (float64 math).
+
+    U[(a, b), i, o] = sum_kl G[a, k] G[b, l] w[o, i, k, l]: one product of the [n*n, 9] matrix kron(G, G) with the
+    kernels as a [9, Cin*Cout] matrix, whose columns come out in U's order. Done in float64 over column blocks
+    and rounded once: a whole-tensor float64 einsum and its reshapes took 26 s of the full-size ``cpu`` UNet's
+    build (47 kernels, 2026-12-07), mostly passes over multi-GB float64 temporaries."""
     _, g, _ = matrices(m)
-    gt = torch.from_numpy(g)
-    w = weight.to(torch.float64)
-    u = torch.einsum("ak,oikl,bl->abio", gt, w, gt)  # [n, n, Cin, Cout]
     n = g.shape[0]
-    return u.reshape(n * n, w.shape[1], w.shape[0]).to(weight.dtype).contiguous()
+    gg = torch.from_numpy(np.kron(g, g))  # row a*n+b, column k*3+l
+    cout, cin = weight.shape[:2]
+    w = weight.detach().permute(2, 3, 1, 0).reshape(R * R, cin * cout)  # [9, Cin*Cout], column i*Cout+o
+    u = torch.empty(n * n, cin * cout, dtype=weight.dtype)
+    for s in range(0, cin * cout, TRANSFORM_COLUMNS):
+        u[:, s:s + TRANSFORM_COLUMNS] = gg @ w[:, s:s + TRANSFORM_COLUMNS].to(torch.float64)
+    return u.reshape(n * n, cin, cout)
 
 
 def transform_kernels(m: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:

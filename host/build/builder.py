@@ -143,7 +143,7 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
 
     from host.build import gates, tflite_info
     from host.build.convert import convert
-    from host.runtime import LiteRtModel
+    from host.runtime import CompiledLiteRtModel
     from models.components import OUTPUT_NAMES, build_module, load_weights, sample_inputs
 
     _reset_peak_rss()
@@ -184,13 +184,17 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
     # output are used again (the reference above holds the same weight tensors, assigned, not copies).
     if same_module:
         module, y_var = base, y_base
+        del base, state
     else:
         module = build_module(component, cfg, variant.opts)
         load_weights(module, state)
+        # the module holds what it runs; the raw kernels it transformed are freed with the dict and the baseline,
+        # before its forward
+        del base, state
+        gc.collect()
         stages.mark("variant module")
         y_var = run_torch(module)
         stages.mark("variant PyTorch run")
-    del base, state  # the module holds what it runs; raw kernels it transformed are freed with the dict
     final = store.component_dir(key)
     tmp = store.staging(final)
     out_path = tmp / "model.tflite"
@@ -203,7 +207,9 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
     stages.mark("conversion")
 
     # 3. The .tflite against its own PyTorch module, and against the baseline.
-    lite = LiteRtModel(str(out_path), threads=opts.threads)
+    # CompiledModel, as the host runner loads it (no weight cache: the gate loads each file once), with the file's
+    # pages released while XNNPACK packs from them (the full-size `cpu` UNet's build peaked here, at 16.6 GiB)
+    lite = CompiledLiteRtModel(str(out_path), threads=opts.threads)
     y_lite = lite.run(**{k: v.numpy() for k, v in inputs.items()})[OUTPUT_NAMES[component]]
     del lite
     stages.mark("LiteRT load and run")
