@@ -48,9 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"total cold build {cold:.1f} s; warm no-op rebuild {warm:.2f} s (cache hit: {cached})")
     stages = {c: m.get("stages", []) for c, m in manifest["components"].items()}
     for c, rows_c in stages.items():
-        print(f"{c} by stage (seconds, process high-water mark at its end):")
+        print(f"{c} by stage (seconds; the process's high-water mark and resident set at its end):")
         for r in rows_c:
-            print(f"  {r['stage']:<30}{r['seconds']:>8.1f} s{(r['peak_rss_bytes'] or 0) / 2**30:>8.2f} GiB")
+            print(f"  {r['stage']:<30}{r['seconds']:>8.1f} s{(r['peak_rss_bytes'] or 0) / 2**30:>8.2f} GiB"
+                  f"{(r.get('rss_bytes') or 0) / 2**30:>8.2f} GiB")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "stages": stages, "cold_s": cold, "warm_s": warm,
                                          "tools": manifest["tool_versions"]}, indent=2))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from host.build import cache
-from host.build.builder import GATE_SEED, GATE_TIMESTEP, BuildOptions, Log, component_key
+from host.build.builder import GATE_SEED, GATE_TIMESTEP, BuildOptions, Log, component_key, release_export_state
 from host.build.weights import WeightsSource
 from models.config import Variant
 
@@ -66,8 +66,11 @@ def _convert_blocks(variant, weights, opts, store, unet_key, log) -> list[dict]:
             log(f"[{variant.name}] unet block {stage.name}: converting ...")
             final = store.component_dir(key)
             tmp = store.staging(final)
-            convert(f"unet_{stage.name.replace('.', '_')}", _stage_module(unet, stage), inputs,
-                    None, variant.quantization, tmp / "model.tflite")
+            try:
+                convert(f"unet_{stage.name.replace('.', '_')}", _stage_module(unet, stage), inputs,
+                        None, variant.quantization, tmp / "model.tflite")
+            finally:
+                release_export_state()
             lite = LiteRtModel(str(tmp / "model.tflite"), threads=opts.threads)
             got = lite.run(**{k: v.numpy() for k, v in inputs.items()})
             results = [gates.check("tflite_vs_torch", f"unet {stage.name}", got[o], state[o].numpy(), "rel_err",

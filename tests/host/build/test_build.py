@@ -255,3 +255,32 @@ def test_a_component_build_records_where_its_time_and_memory_went(tmp_path):
     assert abs(sum(r["seconds"] for r in comp["stages"]) - comp["build_seconds"]) < 0.5
     hwm = [r["peak_rss_bytes"] for r in comp["stages"]]
     assert hwm == sorted(hwm) and hwm[-1] >= comp["peak_rss_bytes"] > 0
+    assert all(0 < r["rss_bytes"] <= r["peak_rss_bytes"] for r in comp["stages"])
+
+
+def test_a_converted_module_is_freed_once_the_caller_drops_it(tmp_path):
+    """torch.export keeps its last trace in a module-level map that holds the traced module's weights; the build
+    would carry the full-size UNet's into the VAE decoder's build."""
+    import gc
+    import weakref
+
+    import torch
+
+    from host.build.builder import release_export_state
+    from host.build.convert import convert
+
+    def converted(release: bool):
+        module = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU()).eval()
+        weight = weakref.ref(module[0].weight)
+        convert("vae_decoder", module, {"input": torch.randn(2, 64)}, "y", "fp32", tmp_path / "m.tflite")
+        assert (tmp_path / "m.tflite").stat().st_size > 64 * 64 * 4
+        if release:
+            release_export_state()
+        return weight
+
+    held = converted(release=False)
+    gc.collect()
+    assert held() is not None  # what the release is for (if torch stops holding it, this says so)
+    freed = converted(release=True)
+    gc.collect()
+    assert freed() is None
