@@ -216,6 +216,7 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
     lite = CompiledLiteRtModel(str(out_path), threads=opts.threads)
     y_lite = lite.run(**{k: v.numpy() for k, v in inputs.items()})[OUTPUT_NAMES[component]]
     del lite
+    trim_heap()
     stages.mark("LiteRT load and run")
     results.append(gates.check("tflite_vs_torch", component, y_lite, y_var, "rel_err",
                                gates.TFLITE_VS_TORCH_REL_ERR[variant.quantization]))
