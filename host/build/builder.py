@@ -295,7 +295,8 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def _peak_rss(field: str = "VmHWM") -> int | None:
+def _status_bytes(field: str) -> int | None:
+    """A kB field of /proc/self/status in bytes (None where there is no /proc)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -306,5 +307,9 @@ def _peak_rss(field: str = "VmHWM") -> int | None:
     return None
 
 
+def _peak_rss() -> int | None:
+    return _status_bytes("VmHWM")
+
+
 def _rss() -> int | None:
-    return _peak_rss("VmRSS")
+    return _status_bytes("VmRSS")
