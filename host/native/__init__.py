@@ -29,7 +29,7 @@ WATCH_ENV = "SDPHONE_PAGE_WATCH"
 DEFAULT_INTERVAL_MS = 50
 
 _lib: ctypes.CDLL | None = None
-#: why the library is unavailable ("" while it is available or not yet asked for)
+#: why the library is unavailable ("" while it is available or not yet asked for); set once per process
 status = ""
 
 
@@ -78,9 +78,10 @@ def build(env=os.environ) -> Path:
 
 
 def library(env=os.environ) -> ctypes.CDLL | None:
-    """The loaded library, built on first use; None where it cannot be (reason in :data:`status`)."""
+    """The loaded library, built on first use; None where it cannot be (reason in :data:`status`). A failure is
+    kept for the process: later loads do not run the compiler again."""
     global _lib, status
-    if _lib is not None:
+    if _lib is not None or status:
         return _lib
     if not sys.platform.startswith("linux"):
         status = f"{sys.platform}: the page watch needs Linux (/proc/self/maps, madvise)"

@@ -1,45 +1,31 @@
 """The native page watch (host/native): built from source, run beside a call that holds the interpreter lock."""
 from __future__ import annotations
 
-import mmap
 import time
 
-import numpy as np
 import pytest
 
 import host.native
 from host.errors import HarnessError
 from host.native import WATCH_ENV, watch_file_pages
+from tests.host.mappings import mapped_rss, two_mappings
 
 
-def _mapped_rss(path) -> int:
-    from tests.host.bench.test_runtime import _mapped_rss as rss
-
-    return rss(path)
 
 
 def test_the_watch_drops_a_read_only_mapping_while_the_body_runs_and_spares_a_private_one(tmp_path):
-    data = np.random.default_rng(0).integers(0, 255, 16 << 20, dtype=np.uint8)
-    ro, rw = tmp_path / "ro.bin", tmp_path / "rw.bin"
-    ro.write_bytes(data.tobytes())
-    rw.write_bytes(data.tobytes())
-    with open(ro, "rb") as f, open(rw, "r+b") as g:
-        a = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        b = mmap.mmap(g.fileno(), 0, access=mmap.ACCESS_COPY)  # private and writable: may hold the only copy
-        b[:4] = b"edit"
-        total = int(np.frombuffer(a, np.uint8).sum())
-        assert total == int(data.sum()) and _mapped_rss(ro) >= 16 << 20
-        with watch_file_pages(str(ro)) as w:
+    with two_mappings(tmp_path, 16 << 20) as m:
+        total = m.read_sum()
+        assert total == int(m.data.sum()) and mapped_rss(m.ro) >= 16 << 20
+        with watch_file_pages(str(m.ro)) as w:
             time.sleep(0.3)  # releases the interpreter lock, as a native load would not: the thread runs either way
-            during = _mapped_rss(ro)
+            during = mapped_rss(m.ro)
         assert w.skipped == "" and w.passes >= 2 and w.advised_bytes >= 2 * (16 << 20), w
         assert during < (1 << 20)
-        with watch_file_pages(str(rw)) as v:
+        with watch_file_pages(str(m.rw)) as v:
             time.sleep(0.1)
-        assert v.passes >= 1 and v.advised_bytes == 0 and b[:4] == b"edit"
-        assert int(np.frombuffer(a, np.uint8).sum()) == total  # faulted back in from the file
-        a.close()
-        b.close()
+        assert v.passes >= 1 and v.advised_bytes == 0 and m.edited[:4] == b"edit"
+        assert m.read_sum() == total  # faulted back in from the file
 
 
 def test_only_one_watch_runs_at_a_time(tmp_path):
@@ -52,10 +38,17 @@ def test_only_one_watch_runs_at_a_time(tmp_path):
 
 def test_without_a_compiler_the_watch_is_skipped_and_says_why(tmp_path, monkeypatch):
     monkeypatch.setattr(host.native, "_lib", None)
+    monkeypatch.setattr(host.native, "status", "")
     env = {"CC": str(tmp_path / "no-such-cc"), host.native.CACHE_ENV: str(tmp_path / "native")}
     with watch_file_pages(str(tmp_path), env=env) as w:
         pass
     assert w.passes == 0 and w.skipped.startswith(f"{tmp_path / 'no-such-cc'}: cannot run the C compiler"), w
+    (tmp_path / "native").mkdir(exist_ok=True)
+    (tmp_path / "no-such-cc").write_text("#!/bin/sh\ntouch \"$(dirname \"$0\")/ran\"\nexit 1\n")
+    (tmp_path / "no-such-cc").chmod(0o755)
+    with watch_file_pages(str(tmp_path), env=env) as again:
+        pass
+    assert again.skipped == w.skipped and not (tmp_path / "ran").exists()  # the failure is kept, not retried
     assert not (tmp_path / "native").exists() or not any((tmp_path / "native").iterdir())
 
 

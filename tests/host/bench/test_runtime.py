@@ -7,6 +7,8 @@ import numpy as np
 
 from host.bench import runtime
 from host.runtime import CompiledLiteRtModel, LiteRtModel
+from tests.host.mappings import mapped_rss as _mapped_rss
+from tests.host.mappings import two_mappings
 
 
 def test_compiled_model_matches_the_interpreter(tiny_builds, tmp_path):
@@ -57,41 +59,14 @@ def test_a_weight_cache_that_would_not_fit_is_refused_in_one_line(tiny_builds, t
     assert not any(p.suffix != ".lock" for p in tmp_path.iterdir())
 
 
-def _mapped_rss(path) -> int:
-    """Resident bytes of this process's mappings of ``path`` (from /proc/self/smaps)."""
-    import os
-
-    real, rss, current = os.path.realpath(path), 0, False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            head = line.split()
-            if head and "-" in head[0] and not head[0].endswith(":"):
-                current = len(head) >= 6 and line.split(maxsplit=5)[5].strip() == real
-            elif current and head[0] == "Rss:":
-                rss += int(head[1]) * 1024
-    return rss
-
-
 def test_released_file_pages_leave_the_process_but_not_the_data(tmp_path):
-    import mmap
-
     from host.runtime import release_file_pages
 
-    data = np.random.default_rng(0).integers(0, 255, 8 << 20, dtype=np.uint8)
-    ro, rw = tmp_path / "ro.bin", tmp_path / "rw.bin"
-    ro.write_bytes(data.tobytes())
-    rw.write_bytes(data.tobytes())
-    with open(ro, "rb") as f, open(rw, "r+b") as g:
-        a = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        b = mmap.mmap(g.fileno(), 0, access=mmap.ACCESS_COPY)  # private and writable: may hold the only copy
-        b[:4] = b"edit"
-        assert int(np.frombuffer(a, np.uint8).sum()) == int(data.sum()) and np.frombuffer(b, np.uint8).sum() > 0
-        assert _mapped_rss(ro) >= 8 << 20 and _mapped_rss(rw) >= 8 << 20
-        assert release_file_pages(str(ro)) >= 8 << 20 and release_file_pages(str(rw)) == 0
-        assert _mapped_rss(ro) == 0 and _mapped_rss(rw) >= 8 << 20
-        assert int(np.frombuffer(a, np.uint8).sum()) == int(data.sum()) and b[:4] == b"edit"  # read back from the file
-        a.close()
-        b.close()
+    with two_mappings(tmp_path, 8 << 20) as m:
+        assert _mapped_rss(m.ro) >= 8 << 20 and _mapped_rss(m.rw) >= 8 << 20
+        assert release_file_pages(str(m.ro)) >= 8 << 20 and release_file_pages(str(m.rw)) == 0
+        assert _mapped_rss(m.ro) == 0 and _mapped_rss(m.rw) >= 8 << 20
+        assert m.read_sum() == int(m.data.sum()) and m.edited[:4] == b"edit"  # read back from the file
     assert release_file_pages(str(tmp_path / "not-mapped.bin")) == 0
 
 

@@ -1,0 +1,55 @@
+"""File mappings for the tests of releasing a model file's resident pages (host.runtime, host.native)."""
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+def mapped_rss(path) -> int:
+    """Resident bytes of this process's mappings of ``path`` (from /proc/self/smaps)."""
+    real, rss, current = os.path.realpath(path), 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                current = len(head) >= 6 and line.split(maxsplit=5)[5].strip() == real
+            elif current and head[0] == "Rss:":
+                rss += int(head[1]) * 1024
+    return rss
+
+
+@dataclass
+class Mappings:
+    data: np.ndarray      # what both files hold
+    ro: Path              # mapped read-only (``read``)
+    rw: Path              # mapped private and writable (``edited``), its first 4 bytes changed to b"edit"
+    read: mmap.mmap
+    edited: mmap.mmap
+
+    def read_sum(self) -> int:
+        return int(np.frombuffer(self.read, np.uint8).sum())
+
+
+@contextlib.contextmanager
+def two_mappings(folder: Path, size: int):
+    """Two files of the same ``size`` random bytes: one mapped read-only, one mapped private and written to (its
+    pages may hold the only copy of that change), both faulted in; unmapped on exit."""
+    data = np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8)
+    ro, rw = folder / "ro.bin", folder / "rw.bin"
+    ro.write_bytes(data.tobytes())
+    rw.write_bytes(data.tobytes())
+    with open(ro, "rb") as f, open(rw, "r+b") as g:
+        m = Mappings(data, ro, rw, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ),
+                     mmap.mmap(g.fileno(), 0, access=mmap.ACCESS_COPY))
+        try:
+            m.edited[:4] = b"edit"
+            assert m.read_sum() == int(data.sum()) and np.frombuffer(m.edited, np.uint8).sum() > 0
+            yield m
+        finally:
+            m.read.close()
+            m.edited.close()
