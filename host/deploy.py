@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-profile-blocks", dest="profile_blocks", action="store_false",
                    help="skip the per-block profile build and pass")
     p.add_argument("--block-steps", type=int, default=2, help="steps at which the block chain is timed (0: all)")
+    p.add_argument("--no-block-reference", dest="block_reference", action="store_false",
+                   help="do not time the whole UNet beside the block chain (timing it holds the UNet and the block "
+                        "models together); the chain's sum is then compared with the generation's steps")
     p.add_argument("--per-op", action="store_true", help="also profile every op once per component (LiteRT profiler)")
     p.add_argument("--memory-interval-ms", type=int, default=50)
     p.add_argument("--timeout", type=float, default=None,
@@ -254,7 +257,8 @@ def _run_variant(args, device, session: Path, manifest: dict, build_dir: Path) -
                  "threads": args.threads or profile.runtime.threads, "warmup": args.warmup, "repeats": args.repeats,
                  "residency": getattr(args, "residency", "all")},
         profiling={"memory_interval_ms": args.memory_interval_ms, "per_op": args.per_op,
-                   "per_block": bool(blocks), "block_models": blocks, "block_steps": args.block_steps},
+                   "per_block": bool(blocks), "block_models": blocks, "block_steps": args.block_steps,
+                   "block_reference": getattr(args, "block_reference", True)},
         run_id=f"{session.name.split('_')[0]}_{name}",
     )
     shutil.copy2(build_dir / "manifest.json", run_dir / "models" / "manifest.json")

@@ -2,7 +2,7 @@
 
 Per generation (``repeat`` = the runner's repeat index): ``end_to_end_s``, ``text_encoder_s``,
 ``unet_step_s`` (median step of that generation), ``unet_total_s``, ``vae_decoder_s``.
-Per run (``repeat`` null): ``load_s`` (cold loads), ``peak_rss_bytes``, ``psnr_db`` (image against the host
+Per run (``repeat`` null): ``load_s`` (cold loads), ``peak_rss_bytes`` (to the end of the generations), ``psnr_db`` (image against the host
 reference from the same noise; inf when identical), and ``layer_s`` per UNet block (``layer`` = block
 name; the median over the timed steps of the per-block profile pass).
 """
@@ -42,7 +42,7 @@ HEADLINE = tuple(m for m, spec in METRICS.items() if not spec.per_layer)
 
 def run_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """Metric rows ({metric, layer, repeat, value, unit}) of one protocol run folder."""
-    from host.traces.compare import _cold_load_seconds, layer_latency
+    from host.traces.compare import _cold_load_seconds, generation_peak, layer_latency
     from host.traces.tables import load_run
 
     run = load_run(run_dir)
@@ -72,12 +72,9 @@ def run_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
             add("end_to_end_s", float(total.sum()), rep)
     load = _cold_load_seconds(run)
     add("load_s", None if math.isnan(load) else load)
-    mem = run.memory
-    if len(mem):
-        vals = np.concatenate([mem["rss_bytes"].dropna().to_numpy(dtype=float),
-                               mem["peak_bytes"].dropna().to_numpy(dtype=float)])
-        if len(vals):
-            add("peak_rss_bytes", float(vals.max()))
+    peak = generation_peak(run)
+    if peak is not None:
+        add("peak_rss_bytes", float(peak))
     layers = layer_latency(run, "block")
     for _, r in layers[layers["component"] == "unet"].iterrows():
         add("layer_s", r["median_s"], layer=str(r["block"]))

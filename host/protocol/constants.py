@@ -32,5 +32,8 @@ VAE_INPUT = "latents"
 # Trace vocabulary.
 RECORD_TYPES = ("meta", "span", "memory", "event")
 SPAN_CATS = ("load", "component", "step", "block", "op", "total")
+# The per-block pass's spans of the whole UNet, run beside the chain (profiling.block_reference): cat "block",
+# this name; no block model may take it.
+REFERENCE_BLOCK = "unet"
 RUNNERS = ("python-host", "android", "ios")
 STATES = ("ok", "error", "running")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from host.protocol.constants import MODELS_DIR, NOISE_FILE, NOISE_GENERATOR, TRACE_FILE
+from host.protocol.constants import MODELS_DIR, NOISE_FILE, NOISE_GENERATOR, REFERENCE_BLOCK, TRACE_FILE
 from host.protocol.jsonio import write_json
 from host.protocol.messages import (
     BlockModelSpec, EventRecord, ImageSpec, MemoryRecord, MetaRecord, ModelSpec, NoiseSpec, ProfilingSpec,
@@ -92,7 +92,7 @@ def golden_request() -> RunRequest:
         image=ImageSpec(height=SIZE, width=SIZE),
         runtime=RuntimeSpec(accelerator="cpu", precision="fp32", threads=4, warmup=1, repeats=1),
         profiling=ProfilingSpec(memory_interval_ms=50, per_op=True, per_block=True, block_models=_blocks(),
-                                block_steps=2),
+                                block_steps=2, block_reference=True),
     )
 
 
@@ -197,10 +197,24 @@ def golden_trace(request: RunRequest) -> list[Any]:
     for b in blocks:
         tl.span("load", "load", 0.05 + 0.01 * len(b.inputs), component=b.name, args={"phase": "cold", "file": b.file},
                 rss_after=tl.rss + (140 << 20))
+    prof = request.profiling
+    if prof.block_reference:
+        tl.span("load", "load", 0.6, component="unet", args={"phase": "reference", "file": "unet.tflite"},
+                rss_after=tl.rss + (1600 << 20))
     share = {"conv_in": 0.01, "conv_out": 0.01, "mid_block": 0.05, "down_blocks.3": 0.02, "up_blocks.0": 0.03}
-    for i in range(STEPS):
+
+    def whole(i: int) -> None:
+        if prof.block_reference:
+            tl.span(REFERENCE_BLOCK, "block", 1.12, component="unet", step=i, repeat=rt.repeats - 1,
+                    args={"reference": True})
+
+    for i in range(prof.block_steps or STEPS):
+        if i % 2 == 0:
+            whole(i)
         for b in blocks:
             tl.span(b.name, "block", 1.08 * share.get(b.name, 0.145), component="unet", step=i, repeat=rt.repeats - 1)
+        if i % 2 == 1:
+            whole(i)
     tl.event("per_block_check", "block chain vs unet: max |diff| 3.81e-06",
              {"output": "noise_pred", "max_abs_diff": 3.814697265625e-06})
     return [_meta()] + tl.finish(request.profiling.memory_interval_ms / 1000.0)

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Mapping, Union
 
 from host.protocol.constants import (  # noqa: F401  (re-exported)
     COMPONENTS, IMAGE_F32, IMAGE_PNG, MODELS_DIR, NOISE_FILE, PROTOCOL_VERSION, RECORD_TYPES, REQUEST_FILE,
-    REQUEST_SCHEMA, REQUEST_VERSION, RUNNERS, SPAN_CATS, STATES, STATUS_FILE, TEXT_ENCODER_INPUT, TRACE_FILE,
+    REFERENCE_BLOCK, REQUEST_SCHEMA, REQUEST_VERSION, RUNNERS, SPAN_CATS, STATES, STATUS_FILE, TEXT_ENCODER_INPUT, TRACE_FILE,
     TRACE_SCHEMA, TRACE_VERSION, UNET_INPUTS, VAE_INPUT,
 )
 from host.protocol.validation import (  # noqa: F401  (re-exported)
@@ -201,6 +201,9 @@ class ProfilingSpec:
     per_block: bool = False
     block_models: tuple[BlockModelSpec, ...] = ()
     block_steps: int = 0  # time the block chain at the first N steps only (0: every step)
+    # time the whole UNet beside the chain at every profiled step (block span "unet"), so that the chain's
+    # sum is compared with a whole step measured at the same time rather than minutes earlier
+    block_reference: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return _fields_dict(self)
@@ -210,7 +213,8 @@ class ProfilingSpec:
         return cls(memory_interval_ms=int(d["memory_interval_ms"]), per_op=bool(d["per_op"]),
                    per_block=bool(d["per_block"]),
                    block_models=tuple(BlockModelSpec.from_dict(b) for b in d["block_models"]),
-                   block_steps=int(d.get("block_steps", 0)))
+                   block_steps=int(d.get("block_steps", 0)),
+                   block_reference=bool(d.get("block_reference", True)))
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,9 @@ class RunRequest:
         names = [b.name for b in self.profiling.block_models]
         if len(set(names)) != len(names):
             fail("$.profiling.block_models", "block names must be unique")
+        if REFERENCE_BLOCK in names:
+            fail("$.profiling.block_models", f"the block name {REFERENCE_BLOCK!r} is reserved for the whole UNet's "
+                                              "reference spans")
         if self.profiling.per_block and not names:
             fail("$.profiling.block_models", "per_block is true but no block models are listed")
 

@@ -77,6 +77,8 @@ def describe(error: ValidationError) -> str:
         return f"{path}: expected one of {_short(error.validator_value, 120)}, got {_short(inst)}"
     if kind in ("minItems", "maxItems"):
         return f"{path}: {len(inst)} items, {kind} is {error.validator_value}"
+    if kind == "not":  # the schema's "not" rules are reserved values (a block may not be named "unet")
+        return f"{path}: {_short(inst)} is reserved ({error.schema.get('description', 'not allowed')})"
     if kind == "pattern":
         return f"{path}: {_short(inst)} does not match {error.validator_value}"
     first = error.message.splitlines()[0] if error.message else kind

@@ -135,6 +135,15 @@ def fmt_s(v: Any) -> str:
     return f"{v * 1e3:.1f} ms" if v >= 1e-3 else f"{v * 1e6:.0f} µs"
 
 
+def block_gap_text(summary: dict) -> str:
+    """The per-block pass's sum against the whole UNet step it is compared with (``compare.run_summary``)."""
+    gap = f"{summary['block_gap']:+.1%}"
+    if not math.isnan(summary["block_ref_s"]):
+        return (f"sum of UNet blocks {fmt_s(summary['block_sum_s'])} vs whole step {fmt_s(summary['block_ref_s'])} "
+                f"timed beside them ({gap}; the generation's median step {fmt_s(summary['unet_step_median_s'])})")
+    return f"sum of UNet blocks {fmt_s(summary['block_sum_s'])} vs whole step {fmt_s(summary['unet_step_median_s'])} ({gap})"
+
+
 def fmt_bytes(v: Any) -> str:
     if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return "–"
@@ -455,8 +464,7 @@ def _layers(d: ReportData) -> str:
         for r in d.runs:
             s = compare.run_summary(r)
             if not math.isnan(s["block_sum_s"]):
-                gaps.append(f"<li>{escape(run_label(r, d.multi_device))}: sum of blocks {fmt_s(s['block_sum_s'])} "
-                            f"vs whole-model step {fmt_s(s['unet_step_median_s'])} ({s['block_gap']:+.1%})</li>")
+                gaps.append(f"<li>{escape(run_label(r, d.multi_device))}: {escape(block_gap_text(s))}</li>")
         if gaps:
             body += ("<p class='note'>Sum of the per-block models against the whole-model UNet step (the gap is "
                      "per-model overhead and fusion lost at block borders):</p><ul>" + "".join(gaps) + "</ul>")
@@ -740,8 +748,7 @@ def terminal_summary(source: Any, baseline: str | None = None, max_blocks: int =
     for r in runs:
         sm = compare.run_summary(r)
         if not math.isnan(sm["block_sum_s"]):
-            out.append(f"{r.variant}: sum of UNet blocks {fmt_s(sm['block_sum_s'])} vs whole step "
-                       f"{fmt_s(sm['unet_step_median_s'])} ({sm['block_gap']:+.1%})")
+            out.append(f"{r.variant}: {block_gap_text(sm)}")
     bad = [f"{r.run_id}: {(r.status or {}).get('state', 'missing')} {(r.status or {}).get('message') or ''}".rstrip()
            for r in runs if (r.status or {}).get("state") != "ok"]
     if bad:

@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from host.protocol.constants import COMPONENTS
+from host.protocol.constants import COMPONENTS, REFERENCE_BLOCK
 from host.protocol.messages import BlockModelSpec, RunRequest
 from host.runner.loading import Inputs, RunnerError, output_name
 from host.runner.tracing import Tracer
@@ -130,16 +130,31 @@ def run_blocks(blocks: Sequence[tuple[BlockModelSpec, LiteRtModel]], feed: dict[
 
 
 def profile_blocks(blocks: Sequence[tuple[BlockModelSpec, LiteRtModel]], gen: Generation, inputs: Inputs,
-                   unet_output: str, tracer: Tracer, *, repeat: int, max_steps: int = 0) -> float | None:
+                   unet_output: str, tracer: Tracer, *, repeat: int, max_steps: int = 0,
+                   reference: LiteRtModel | None = None) -> float | None:
     """Time every block at every step, fed the same UNet inputs as the recorded generation.
 
+    With a ``reference`` (the whole UNet), it runs on the same feed beside each step's chain, one block span
+    named REFERENCE_BLOCK: before the chain at even steps, after it at odd ones, so that a drift of the
+    machine's speed over the pass weighs on both sides alike.
     Returns the largest |difference| between the chain's ``unet_output`` and the UNet's, or None when
     the chain does not produce a tensor of that name. ``max_steps`` > 0 limits the pass to the first steps.
     """
     worst: float | None = None
+
+    def whole(feed: dict[str, np.ndarray], i: int) -> None:
+        if reference is not None:
+            with tracer.span(REFERENCE_BLOCK, "block", component="unet", step=i, repeat=repeat,
+                             args={"reference": True}):
+                reference.run(**feed)
+
     for i, (sample, e) in enumerate(gen.unet_io[:max_steps or None]):
         feed = {"sample": sample, "t_emb": np.stack([inputs.t_emb[i]] * 2), "context": gen.context}
+        if i % 2 == 0:
+            whole(feed, i)
         pool = run_blocks(blocks, feed, tracer, step=i, repeat=repeat)
+        if i % 2 == 1:
+            whole(feed, i)
         if unet_output in pool and pool[unet_output].shape == e.shape:
             diff = float(np.max(np.abs(pool[unet_output] - e)))
             worst = diff if worst is None else max(worst, diff)

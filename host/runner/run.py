@@ -164,8 +164,12 @@ class _Run:
             trim_heap()
             loaded = [(b, load_model(mdir / b.file, b, b.name, rt.threads, self.tracer, phases=("cold",)))
                       for b in blocks]
+            # the whole UNet again, to be timed beside the chain (a load span of phase "reference": not one of
+            # the pipeline's cold loads)
+            whole = (load_model(paths["unet"], req.models["unet"], "unet", rt.threads, self.tracer,
+                                phases=("reference",)) if prof.block_reference else None)
             worst = profile_blocks(loaded, gen, inputs, unet_output, self.tracer, repeat=rt.repeats - 1,
-                                   max_steps=prof.block_steps)
+                                   max_steps=prof.block_steps, reference=whole)
             if worst is not None:
                 self.tracer.event("per_block_check", f"block chain vs unet: max |diff| {worst:.3g}",
                                   {"output": unet_output, "max_abs_diff": worst})

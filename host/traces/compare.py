@@ -12,6 +12,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from host.protocol.constants import REFERENCE_BLOCK
 from host.traces.tables import LADDER_ORDER, Run, load_run, typed_frame
 
 SUMMARY_COLUMNS: dict[str, str] = {
@@ -28,14 +29,16 @@ SUMMARY_COLUMNS: dict[str, str] = {
     "vae_decoder_s": "float64",
     "end_to_end_s": "float64",       # the "generation" span; sum of the parts where it is missing
     "block_sum_s": "float64",        # per-block pass: sum of the UNet blocks at a step (median over steps)
-    "block_gap": "float64",          # block_sum_s / unet_step_median_s - 1 (per-model overheads, lost fusion)
-    "peak_rss_bytes": "Int64",
+    "block_ref_s": "float64",        # per-block pass: the whole UNet timed beside the chain (median over steps)
+    "block_gap": "float64",          # block_sum_s / block_ref_s - 1 (per-model overheads, lost fusion); against
+                                     # unet_step_median_s where the run has no reference spans
+    "peak_rss_bytes": "Int64",       # up to the end of the last generation (the passes after it hold other models)
     "model_bytes": "Int64",
 }
 
 LADDER_COLUMNS: dict[str, str] = {
     **{k: v for k, v in SUMMARY_COLUMNS.items()
-       if k not in ("state", "repeats", "steps", "load_s", "block_sum_s", "block_gap")},
+       if k not in ("state", "repeats", "steps", "load_s", "block_sum_s", "block_ref_s", "block_gap")},
     "unet_speedup": "float64",       # baseline unet_total_s / this unet_total_s
     "speedup": "float64",            # baseline end_to_end_s / this end_to_end_s
 }
@@ -134,26 +137,41 @@ def run_summary(run: Run) -> dict:
         parts = [_median(te.values), _median(unet_total.values), _median(dec.values)]
         e2e = sum(parts) if not any(math.isnan(p) for p in parts) else math.nan
     load_s = _cold_load_seconds(run)
-    mem = run.memory
-    peak = None
-    if len(mem):
-        vals = pd.concat([mem["rss_bytes"], mem["peak_bytes"]]).dropna()
-        peak = int(vals.max()) if len(vals) else None
+    peak = generation_peak(run)
     meta = run.meta.iloc[0] if len(run.meta) else {}
     reps = sorted(set(int(r) for r in spans["repeat"].dropna())) if len(spans) else []
     n_steps = int(steps.groupby("repeat").size().median()) if len(steps) else None
-    blocks = run.spans[(run.spans["cat"] == "block") & (run.spans["component"] == "unet")]
-    block_sum = _median(blocks.groupby(["repeat", "step"])["dur_s"].sum().values) if len(blocks) else math.nan
+    unet_blocks = run.spans[(run.spans["cat"] == "block") & (run.spans["component"] == "unet")]
+    is_ref = unet_blocks["name"] == REFERENCE_BLOCK
+    chain, ref = unet_blocks[~is_ref], unet_blocks[is_ref]
+    block_sum = _median(chain.groupby(["repeat", "step"])["dur_s"].sum().values) if len(chain) else math.nan
+    block_ref = _median(ref["dur_s"].values)
     step_median = _median(steps["dur_s"].values)
+    against = block_ref if not math.isnan(block_ref) else step_median
     return {
         "run_id": run.run_id, "variant": run.variant, "device": run.device,
         "state": (run.status or {}).get("state", "missing"),
         "repeats": len(reps), "steps": n_steps, "load_s": load_s,
         "text_encoder_s": _median(te.values), "unet_step_median_s": step_median,
         "unet_total_s": _median(unet_total.values), "vae_decoder_s": _median(dec.values), "end_to_end_s": e2e,
-        "block_sum_s": block_sum, "block_gap": block_sum / step_median - 1 if step_median else math.nan,
+        "block_sum_s": block_sum, "block_ref_s": block_ref,
+        "block_gap": block_sum / against - 1 if against else math.nan,
         "peak_rss_bytes": peak, "model_bytes": meta.get("model_bytes") if len(run.meta) else None,
     }
+
+
+def generation_peak(run: Run) -> int | None:
+    """The run's peak memory (the largest ``rss_bytes`` / ``peak_bytes`` sample) up to the end of its last
+    generation span: the per-block and per-op passes after it hold other models (the block chain beside the
+    whole UNet). The whole trace where it has no generation span."""
+    mem = run.memory
+    if not len(mem):
+        return None
+    total = run.spans[run.spans["cat"] == "total"] if len(run.spans) else run.spans
+    if len(total):
+        mem = mem[mem["t_s"] <= float((total["start_s"] + total["dur_s"]).max())]
+    vals = pd.concat([mem["rss_bytes"], mem["peak_bytes"]]).dropna()
+    return int(vals.max()) if len(vals) else None
 
 
 def _cold_load_seconds(run: Run) -> float:
@@ -229,7 +247,7 @@ def layer_latency(run: Run, level: str = "block", op_blocks: Mapping | None = No
                         (maps.get(c, {}).get(int(i)) if isinstance(c, str) and not pd.isna(i) else None)
                         for b, c, i in zip(ops["block"], ops["component"], ops["op_index"])]
     if level == "block":
-        blk = spans[spans["cat"] == "block"]
+        blk = spans[(spans["cat"] == "block") & (spans["name"] != REFERENCE_BLOCK)]
         if len(blk):
             for (comp, name), g in blk.groupby(["component", "name"], dropna=False, sort=False):
                 rows.append({**ids, "component": _s(comp), "level": "block", "key": name, "block": name,

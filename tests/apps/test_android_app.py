@@ -42,7 +42,7 @@ HOST_CONTRACT_KT = MAIN / "HostContract.kt"
 # JsonObj / JsonBuilder methods whose first argument is a JSON key (android_app/.../protocol/Json.kt).
 ACCESSORS = {
     "has", "getString", "optString", "getNullableString", "getLong", "getInt", "optInt", "getDouble", "getBool",
-    "getObj", "getArray", "getObjects", "getInts", "getDoubles", "getDoubleRows", "getIntRows", "put", "putOpt",
+    "getObj", "getArray", "getObjects", "getInts", "getDoubles", "getDoubleRows", "getIntRows", "put", "putOpt", "optBool",
 }
 # Key objects in Keys.kt that no schema pins down (args are open objects in every record).
 UNBOUND_KEY_OBJECTS = {"Args"}
@@ -435,6 +435,7 @@ def test_span_event_and_phase_names_are_the_protocols() -> None:
     golden = contract.golden_trace() + contract.golden_trace("trace_error.jsonl")
     span_names = {r["name"] for r in golden if r["type"] == "span"}
     assert set(_top_consts("SpanName").values()) <= span_names
+    assert _top_consts("SpanName")["REFERENCE_BLOCK"] == C.REFERENCE_BLOCK
     phases = {r["args"]["phase"] for r in golden if r["type"] == "span" and r["cat"] == "load"}
     doc = (contract.ROOT / "docs" / "protocol.md").read_text()
     # The golden traces hold every model for the whole run; "stage" (residency "phase") is defined by the doc.
@@ -823,7 +824,8 @@ def test_jvm_runner_matches_the_host_algorithm(jvm_harness: list[str], tmp_path:
     assert status_line == status
     assert status["images"] == ["image.png"] and status["run_id"] == "jvm_test_optimized"
     # residency "all" (the default: the request has no runtime.residency): the three models held together
-    assert ledger_line == {"loads": 3 * 2, "peak_live": 3, "live_at_end": 0}
+    # (+ 1: the UNet loaded again to be timed beside the block chain)
+    assert ledger_line == {"loads": 3 * 2 + 1, "peak_live": 3, "live_at_end": 0}
 
     meta = records[0]
     assert meta["runner"] == "android" and meta["runtime"]["accelerator"] == "cpu" and meta["runtime"]["delegate"] == "fake"
@@ -831,12 +833,18 @@ def test_jvm_runner_matches_the_host_algorithm(jvm_harness: list[str], tmp_path:
     spans = [r for r in records if r["type"] == "span"]
     events = [r for r in records if r["type"] == "event"]
     count = lambda name, cat: sum(1 for s in spans if s["name"] == name and s["cat"] == cat)  # noqa: E731
-    assert count("load", "load") == 3 * 2 + 2
+    assert count("load", "load") == 3 * 2 + 2 + 1
+    assert [s["args"]["phase"] for s in spans if s["cat"] == "load" and s["component"] == "unet"][-1] == "reference"
     assert [s["args"]["phase"] for s in spans if s["cat"] == "load"][:2] == ["cold", "warm"]
     assert count("unet_step", "step") == steps * (warmup + repeats)
     assert count("generation", "total") == warmup + repeats
     assert count("text_encoder", "component") == count("vae_decoder", "component") == warmup + repeats
     assert count("blk_a", "block") == count("blk_b", "block") == steps
+    # the whole UNet beside the chain: before it at even steps, after it at odd ones
+    assert [(s["name"], s["step"]) for s in spans if s["cat"] == "block"] == [
+        x for i in range(steps) for x in ([("unet", i), ("blk_a", i), ("blk_b", i)] if i % 2 == 0
+                                          else [("blk_a", i), ("blk_b", i), ("unet", i)])]
+    assert all(s["args"] == {"reference": True} for s in spans if s["cat"] == "block" and s["name"] == "unet")
     assert all(s["repeat"] == repeats - 1 and not s["warmup"] for s in spans if s["cat"] == "block")
     assert [s["warmup"] for s in spans if s["cat"] == "total"] == [True] * warmup + [False] * repeats
     assert any(e["name"] == "warning" and "per_op" in e["message"] for e in events)
@@ -898,7 +906,7 @@ def test_jvm_runner_phase_residency_loads_each_model_for_its_stage(jvm_harness: 
     ledger = json.loads(out.stdout.strip().splitlines()[-2])
     records, status = _read_run(run)
     assert status["state"] == "ok", status
-    assert ledger == {"loads": 3 * 2 + 3 * (warmup + repeats), "peak_live": 1, "live_at_end": 0}
+    assert ledger == {"loads": 3 * 2 + 3 * (warmup + repeats) + 1, "peak_live": 1, "live_at_end": 0}
     assert records[0]["runtime"]["residency"] == "phase"
 
     request = json.loads((run / "request.json").read_text())
@@ -907,7 +915,7 @@ def test_jvm_runner_phase_residency_loads_each_model_for_its_stage(jvm_harness: 
     components = ("text_encoder", "unet", "vae_decoder")
     assert loads == ([(c, p) for c in components for p in ("cold", "warm")]
                      + [(c, "stage") for _ in range(warmup + repeats) for c in components]
-                     + [("blk_a", "cold"), ("blk_b", "cold")])
+                     + [("blk_a", "cold"), ("blk_b", "cold"), ("unet", "reference")])
     gens = [s for s in spans if s["name"] == "generation"]
     assert len(gens) == warmup + repeats
     for g in gens:

@@ -360,6 +360,7 @@ def test_protocol_constants_match_the_host():
         "unetTimeEmbedding": C.UNET_INPUTS[1],
         "unetContext": C.UNET_INPUTS[2],
         "vaeInput": C.VAE_INPUT,
+        "referenceBlock": C.REFERENCE_BLOCK,
     }
     assert _schema("run_request")["properties"]["schema"]["const"] == consts["requestSchema"]
     assert _schema("trace_record")["$defs"]["meta"]["properties"]["schema"]["const"] == consts["traceSchema"]

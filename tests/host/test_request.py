@@ -89,11 +89,11 @@ def test_missing_model_file_is_named(tmp_path, tiny):
 def test_block_models_are_linked_and_described(tmp_path, tiny):
     _, build_dir = tiny
     # As host.build.blocks lists them: absolute paths, every file called model.tflite in its own folder.
-    blocks = [{"name": "unet", "file": str(build_dir / "unet.tflite")},
+    blocks = [{"name": "whole", "file": str(build_dir / "unet.tflite")},
               {"name": "again/unet", "file": "unet.tflite", "signature": "unet"}]
     req = _prepare(tmp_path, tiny, profiling={"per_block": True, "block_models": blocks})
     first, second = req.profiling.block_models
-    assert (first.file, second.file) == ("blocks/unet.tflite", "blocks/again_unet.tflite")
+    assert (first.file, second.file) == ("blocks/whole.tflite", "blocks/again_unet.tflite")
     assert first.sha256 == second.sha256 == req.models["unet"].sha256
     assert set(first.inputs) == set(req.models["unet"].inputs) and first.outputs == req.models["unet"].outputs
     for b in (first, second):

@@ -29,4 +29,6 @@ enum ProtocolConstants {
     static let unetTimeEmbedding = "t_emb"
     static let unetContext = "context"
     static let vaeInput = "latents"
+    /// The name of the whole UNet's spans beside the block chain (`profiling.block_reference`); no block takes it.
+    static let referenceBlock = "unet"
 }

@@ -169,6 +169,8 @@ struct ProfilingSpec: Codable, Equatable {
     var blockModels: [BlockModelSpec]
     /// Time the block chain at the first N steps only; 0 or absent: every step.
     var blockSteps: Int?
+    /// Time the whole UNet beside the chain at each of those steps; absent: true.
+    var blockReference: Bool?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case memoryIntervalMs = "memory_interval_ms"
@@ -176,6 +178,7 @@ struct ProfilingSpec: Codable, Equatable {
         case perBlock = "per_block"
         case blockModels = "block_models"
         case blockSteps = "block_steps"
+        case blockReference = "block_reference"
     }
 }
 
@@ -421,11 +424,15 @@ extension RunRequest {
             throw fail("$.scheduler.t_emb[\(i)]", "\(row.count) values, the UNet t_emb is \(tEmbInput.shape[1]) wide")
         }
 
-        // Block names are unique; per_block needs block models.
+        // Block names are unique and not the reference's; per_block needs block models.
         var seen = Set<String>()
         for (i, block) in profiling.blockModels.enumerated() {
             guard seen.insert(block.name).inserted else {
                 throw fail("$.profiling.block_models[\(i)].name", "duplicate block name \"\(block.name)\"")
+            }
+            guard block.name != ProtocolConstants.referenceBlock else {
+                throw fail("$.profiling.block_models[\(i)].name",
+                           "\"\(block.name)\" is reserved for the whole UNet's reference spans")
             }
         }
         if profiling.perBlock && profiling.blockModels.isEmpty {

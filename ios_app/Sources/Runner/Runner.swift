@@ -301,8 +301,14 @@ final class Runner {
                                           threads: rt.threads, setup: setup, phases: ["cold"])
                 loaded.append((block, model))
             }
+            // The whole UNet again, timed beside the chain (it and the blocks are held together).
+            let whole: LiteRTModel? = try (prof.blockReference ?? true)
+                ? loadModel(RunFiles.resolve(modelsDir, req.models.unet.file), signature: req.models.unet.signature,
+                            inputs: req.models.unet.inputs, outputs: req.models.unet.outputs, component: "unet",
+                            threads: rt.threads, setup: setup, phases: ["reference"])
+                : nil
             let worst = try profileBlocks(loaded, gen, inputs, unetOutput: unetOutput, repeatIndex: rt.repeats - 1,
-                                          maxSteps: prof.blockSteps ?? 0)
+                                          maxSteps: prof.blockSteps ?? 0, reference: whole)
             if let worst = worst {
                 try tracer.event("per_block_check", String(format: "block chain vs unet: max |diff| %.3g", worst),
                                  args: ["output": .string(unetOutput), "max_abs_diff": .double(worst)])
@@ -438,12 +444,25 @@ final class Runner {
     }
 
     /// Time every block at every step of the recorded generation, fed that step's UNet inputs; each block
-    /// takes its inputs by name from the pool of everything produced so far. Returns the largest
-    /// |difference| between the chain's UNet-output tensor and the UNet's, or nil when the chain has none.
+    /// takes its inputs by name from the pool of everything produced so far. With a `reference` (the whole
+    /// UNet) it runs on the same feed beside each step's chain, one block span named
+    /// `ProtocolConstants.referenceBlock`: before the chain at even steps, after it at odd ones, so that a
+    /// drift of the phone's speed (heat) weighs on both sides alike. Returns the largest |difference| between
+    /// the chain's UNet-output tensor and the UNet's, or nil when the chain has none.
     private func profileBlocks(_ blocks: [(BlockModelSpec, LiteRTModel)], _ gen: Generation, _ inputs: RunInputs,
-                               unetOutput: String, repeatIndex: Int, maxSteps: Int) throws -> Double?
+                               unetOutput: String, repeatIndex: Int, maxSteps: Int,
+                               reference: LiteRTModel?) throws -> Double?
     {
         var worst: Double? = nil
+        func whole(_ pool: [String: [Float]], _ i: Int) throws {
+            guard let reference = reference else { return }
+            var feeds: [String: Data] = [:]
+            for (name, values) in pool { feeds[name] = TensorData.bytes(values) }
+            _ = try tracer.span(ProtocolConstants.referenceBlock, .block, component: "unet", step: i,
+                                repeatIndex: repeatIndex, args: ["reference": .bool(true)]) {
+                try reference.run(feeds)
+            }
+        }
         let recorded = maxSteps > 0 ? Array(gen.unetIO.prefix(maxSteps)) : gen.unetIO
         for (i, step) in recorded.enumerated() {
             var pool: [String: [Float]] = [
@@ -451,6 +470,8 @@ final class Runner {
                 ProtocolConstants.unetTimeEmbedding: inputs.tEmb[i] + inputs.tEmb[i],
                 ProtocolConstants.unetContext: gen.context,
             ]
+            let feed = pool  // the UNet's inputs at this step
+            if i % 2 == 0 { try whole(feed, i) }
             for (spec, model) in blocks {
                 var feeds: [String: Data] = [:]
                 for tensor in spec.inputs {
@@ -464,6 +485,7 @@ final class Runner {
                 }
                 pool.merge(out) { _, new in new }
             }
+            if i % 2 == 1 { try whole(feed, i) }
             if let chain = pool[unetOutput], chain.count == step.noisePred.count {
                 var diff: Float = 0
                 for j in 0..<chain.count {

@@ -102,6 +102,9 @@ REQUEST_BREAKS = [
     (["image", "height"], 100, False, "$.image.height"),
     (["profiling", "memory_interval"], 5, False, "$.profiling.memory_interval: unexpected key"),
     (["version"], 2, False, "$.version: expected 1"),
+    (["profiling", "block_models", 0, "name"], "unet", False,
+     "$.profiling.block_models[0].name: \"unet\" is reserved (unet is reserved for the whole UNet's reference spans)"),
+    (["profiling", "block_reference"], "yes", False, "$.profiling.block_reference: expected boolean"),
 ]
 
 

@@ -45,13 +45,17 @@ def test_run_writes_trace_image_and_status(done_run):
     loads = [(s.component, s.args["phase"]) for s in spans if s.cat == "load"]
     assert loads[:9] == [(c, p) for c in ("text_encoder", "unet", "vae_decoder")
                          for p in ("cold", "warm", "first_invoke")]
-    assert loads[9:] == [("whole_unet", "cold"), ("whole_unet", "first_invoke")]
+    assert loads[9:] == [("whole_unet", "cold"), ("whole_unet", "first_invoke"),
+                         ("unet", "reference"), ("unet", "first_invoke")]
     by_kind = Counter((s.name, s.cat, s.warmup) for s in spans)
     assert by_kind[("generation", "total", True)] == 1 and by_kind[("generation", "total", False)] == 2
     assert by_kind[("text_encoder", "component", False)] == 2 and by_kind[("vae_decoder", "component", False)] == 2
     assert [(s.repeat, s.step) for s in spans if s.name == "unet_step" and not s.warmup] == \
         [(r, i) for r in range(2) for i in range(3)]
-    assert [(s.repeat, s.step) for s in spans if s.cat == "block"] == [(1, i) for i in range(3)]
+    # the chain (one block here) and the whole UNet beside it: before the chain at even steps, after at odd
+    assert [(s.name, s.repeat, s.step) for s in spans if s.cat == "block"] == [
+        ("unet", 1, 0), ("whole_unet", 1, 0), ("whole_unet", 1, 1), ("unet", 1, 1), ("unet", 1, 2), ("whole_unet", 1, 2)]
+    assert all(s.args == {"reference": True} for s in spans if s.cat == "block" and s.name == "unet")
     for s in spans:
         assert s.dur >= 0 and s.t >= s.start and s.t == pytest.approx(s.start + s.dur, abs=2e-6)
     gens = [s for s in spans if s.name == "generation"]
@@ -189,9 +193,11 @@ def test_per_op_profiling_writes_op_spans_for_every_component(make_run):
     assert starts == sorted(starts)  # ops laid out back to back in execution order
 
 
-def test_block_steps_limits_the_per_block_pass(make_run):
+def test_block_steps_limits_the_per_block_pass_and_the_reference_can_be_left_out(make_run):
     run_dir = make_run(profiling={"memory_interval_ms": 20, "per_block": True, "block_steps": 1,
+                                  "block_reference": False,
                                   "block_models": [{"name": "whole_unet", "file": "unet.tflite"}]})
     assert run(run_dir).ok
-    blocks = [r for r in read_trace(run_dir / TRACE_FILE) if r.TYPE == "span" and r.cat == "block"]
-    assert [b.step for b in blocks] == [0]
+    spans = [r for r in read_trace(run_dir / TRACE_FILE) if r.TYPE == "span"]
+    assert [(b.name, b.step) for b in spans if b.cat == "block"] == [("whole_unet", 0)]
+    assert not any(s.cat == "load" and s.args["phase"] == "reference" for s in spans)

@@ -25,9 +25,12 @@ def make_run(root: Path, variant: str = "baseline", *, speed: float = 1.0, steps
              repeats: int = 2, noise: float = 0.0, device: str = "host-cpu", per_block: bool = True,
              per_op: bool = True, truncated_tail: bool = False, status: str | None = "ok",
              models_dir: str | None = None, manifest: dict | None = None, image: np.ndarray | None = None,
-             block_speedup: dict | None = None, run_id: str | None = None) -> Path:
+             block_speedup: dict | None = None, run_id: str | None = None,
+             block_reference: float | None = None) -> Path:
     """A run folder for ``variant``; durations are the baseline's divided by ``speed`` (and per block by
-    ``block_speedup[block]``); the image is the base image plus ``noise`` (a constant offset)."""
+    ``block_speedup[block]``); the image is the base image plus ``noise`` (a constant offset).
+    ``block_reference``: the whole UNet timed beside each chain of the per-block pass, at this multiple of
+    a step. The per-block pass holds 500 MiB more than the generations."""
     run_id = run_id or f"20261121T233000Z_{variant}"
     d = Path(root) / run_id
     d.mkdir(parents=True, exist_ok=True)
@@ -92,10 +95,15 @@ def make_run(root: Path, variant: str = "baseline", *, speed: float = 1.0, steps
         recs.append({"type": "event", "t": round(t, 6), "name": "progress", "message": f"repeat {rep_i} done"})
     if per_block:
         for rep_i in range(repeats):
+            if block_reference is not None:
+                recs.append(span("unet", "block", step_s * block_reference, "unet", 0, rep_i, False,
+                                 {"reference": True}))
+                t += step_s * block_reference
             for blk, wgt in zip(UNET_BLOCKS, BLOCK_WEIGHTS):
                 dur = 0.2 * wgt / speed / (block_speedup or {}).get(blk, 1.0)
-                recs.append(span(blk, "block", dur, "unet", None, rep_i, False))
+                recs.append(span(blk, "block", dur, "unet", 0, rep_i, False))
                 t += dur
+            mem(extra=500 * 2**20)
     if per_op:
         for i in range(2):
             for j, (op, blk) in enumerate(FAKE_OPS):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from host.traces import compare, tables
-from tests.host.traces.fake_runs import base_image, make_run
+from tests.host.traces.fake_runs import BLOCK_WEIGHTS, base_image, make_run
 
 
 def _schema_ok(df, schema) -> bool:
@@ -55,6 +55,26 @@ def test_compare_blocks(tmp_path):
     assert ops[ops["variant"] == "optimized"]["speedup"].tolist() == pytest.approx([2.0] * 5, rel=1e-3)
     by_type = compare.compare_layers([a, b], level="op_type")
     assert set(by_type["key"]) == {"CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "SOFTMAX"}
+
+
+def test_block_gap_is_against_the_whole_step_timed_beside_the_chain(tmp_path):
+    plain = compare.run_summary(tables.load_run(make_run(tmp_path, "baseline", run_id="plain")))
+    beside = tables.load_run(make_run(tmp_path, "baseline", run_id="beside", block_reference=0.9))
+    ref = compare.run_summary(beside)
+    chain = 0.2 * sum(BLOCK_WEIGHTS)
+    # no reference spans: against the generation's median step, as before
+    assert math.isnan(plain["block_ref_s"]) and plain["block_sum_s"] == pytest.approx(chain, rel=1e-4)
+    assert plain["block_gap"] == pytest.approx(chain / plain["unet_step_median_s"] - 1, rel=1e-4)
+    # the whole UNet beside the chain: not part of its sum, and what the sum is held against
+    assert ref["block_sum_s"] == pytest.approx(chain, rel=1e-4)
+    assert ref["block_ref_s"] == pytest.approx(0.18, rel=1e-4)
+    assert ref["block_gap"] == pytest.approx(chain / 0.18 - 1, rel=1e-4)
+    assert "unet" not in set(compare.layer_latency(beside, "block")["key"])
+    # the per-block pass holds more memory than any generation: not the run's peak
+    gen_end = float((beside.spans["start_s"] + beside.spans["dur_s"])[beside.spans["cat"] == "total"].max())
+    before = beside.memory[beside.memory["t_s"] <= gen_end]
+    assert ref["peak_rss_bytes"] == int(max(before["rss_bytes"].max(), before["peak_bytes"].max()))
+    assert ref["peak_rss_bytes"] < beside.memory["peak_bytes"].max() - 400 * 2**20
 
 
 def test_blocks_from_op_spans(tmp_path):

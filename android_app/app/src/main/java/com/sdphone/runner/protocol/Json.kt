@@ -331,6 +331,7 @@ class JsonObj(val map: Map<String, Any?>, val path: String) {
     }
 
     fun getBool(key: String): Boolean = req(key) as? Boolean ?: bad(key, "must be a boolean")
+    fun optBool(key: String): Boolean? = if (has(key)) getBool(key) else null
 
     fun getObj(key: String): JsonObj {
         @Suppress("UNCHECKED_CAST")

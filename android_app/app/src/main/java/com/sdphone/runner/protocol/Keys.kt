@@ -147,6 +147,7 @@ object Keys {
         const val PER_BLOCK = "per_block"
         const val BLOCK_MODELS = "block_models"
         const val BLOCK_STEPS = "block_steps"
+        const val BLOCK_REFERENCE = "block_reference"
     }
 
     @SchemaObject(pointer = "trace_record.schema.json#/\$defs/meta")
@@ -246,6 +247,7 @@ object Keys {
         const val INCLUDES = "includes"
         const val SEED = "seed"
         const val ITERATIONS = "iterations"
+        const val REFERENCE = "reference"
     }
 }
 
@@ -343,6 +345,9 @@ object SpanName {
     const val UNET_STEP = "unet_step"
     const val VAE_DECODER = "vae_decoder"
     const val GENERATION = "generation"
+
+    /** The whole UNet timed beside the block chain (cat block; profiling.block_reference); no block takes this name. */
+    const val REFERENCE_BLOCK = "unet"
 }
 
 /** Event names in use (docs/protocol.md, "Additions": Events). */
@@ -361,6 +366,9 @@ object LoadPhase {
 
     /** Residency "phase": a component loaded inside a generation, right before its stage. */
     const val STAGE = "stage"
+
+    /** The UNet loaded again for the per-block pass, to be timed beside the chain. */
+    const val REFERENCE = "reference"
 }
 
 /** memory.source values written by this runner. */

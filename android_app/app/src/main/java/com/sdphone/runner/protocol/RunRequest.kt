@@ -134,6 +134,8 @@ data class ProfilingSpec(
     val perBlock: Boolean,
     val blockModels: List<ModelSpec>,
     val blockSteps: Int?,
+    /** Time the whole UNet beside the chain at every profiled step; absent: true. */
+    val blockReference: Boolean? = null,
 )
 
 data class RunRequest(
@@ -221,6 +223,9 @@ data class RunRequest(
         val names = profiling.blockModels.map { it.name }
         if (names.toSet().size != names.size) {
             fail("profiling.block_models: block names must be unique")
+        }
+        if (SpanName.REFERENCE_BLOCK in names) {
+            fail("profiling.block_models: the block name '${SpanName.REFERENCE_BLOCK}' is reserved for the whole UNet's reference spans")
         }
         if (profiling.perBlock && profiling.blockModels.isEmpty()) {
             fail("profiling.per_block needs a non-empty profiling.block_models")
@@ -338,6 +343,7 @@ data class RunRequest(
                 perBlock = pr.getBool(Keys.Profiling.PER_BLOCK),
                 blockModels = pr.getObjects(Keys.Profiling.BLOCK_MODELS).map { ModelSpec.parseBlock(it) },
                 blockSteps = pr.optInt(Keys.Profiling.BLOCK_STEPS),
+                blockReference = pr.optBool(Keys.Profiling.BLOCK_REFERENCE),
             )
             pr.finish()
 
@@ -449,6 +455,7 @@ data class RunRequest(
                     put(Keys.Profiling.PER_BLOCK, r.profiling.perBlock)
                     put(Keys.Profiling.BLOCK_MODELS, r.profiling.blockModels.map { ModelSpec.blockToJson(it) })
                     putOpt(Keys.Profiling.BLOCK_STEPS, r.profiling.blockSteps)
+                    putOpt(Keys.Profiling.BLOCK_REFERENCE, r.profiling.blockReference)
                 },
             )
         }

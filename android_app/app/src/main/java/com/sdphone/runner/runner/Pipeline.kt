@@ -6,6 +6,7 @@ import com.sdphone.runner.protocol.RunRequest
 import com.sdphone.runner.protocol.SpanCat
 import com.sdphone.runner.protocol.SpanName
 import com.sdphone.runner.protocol.TensorNames
+import com.sdphone.runner.protocol.json
 
 /*
  * The protocol's generation algorithm (docs/protocol.md), exactly as host/runner/pipeline.py runs it:
@@ -291,8 +292,11 @@ fun runBlocks(
 
 /**
  * Times every block at every recorded step (the first [maxSteps] when > 0), fed the same UNet inputs
- * as the recorded generation. Returns the largest |difference| between the chain's [unetOutput] and
- * the UNet's own output, or null when the chain never produces a tensor of that name and shape.
+ * as the recorded generation. With a [reference] (the whole UNet) it runs on the same feed beside each
+ * step's chain, one block span named [SpanName.REFERENCE_BLOCK]: before the chain at even steps, after it
+ * at odd ones, so that a drift of the device's speed (heat) weighs on both sides alike.
+ * Returns the largest |difference| between the chain's [unetOutput] and the UNet's own output, or null
+ * when the chain never produces a tensor of that name and shape.
  */
 fun profileBlocks(
     blocks: List<Pair<ModelSpec, LoadedModel>>,
@@ -302,8 +306,19 @@ fun profileBlocks(
     tracer: Tracer,
     repeat: Int,
     maxSteps: Int = 0,
+    reference: LoadedModel? = null,
 ): Double? {
     var worst: Double? = null
+    fun whole(feed: Map<String, Tensor>, i: Int) {
+        if (reference != null) {
+            tracer.span(
+                SpanName.REFERENCE_BLOCK, SpanCat.BLOCK, component = Keys.Models.UNET, step = i, repeat = repeat,
+                args = json { put(Keys.Args.REFERENCE, true) },
+            ) {
+                stage("whole unet step $i") { reference.run(feed) }
+            }
+        }
+    }
     val io = if (maxSteps > 0) gen.unetIo.take(maxSteps) else gen.unetIo
     for ((i, pair) in io.withIndex()) {
         val (sample, e) = pair
@@ -316,7 +331,9 @@ fun profileBlocks(
             TensorNames.T_EMB to Tensor.F32(intArrayOf(2, row.size), tEmb),
             TensorNames.CONTEXT to gen.context,
         )
+        if (i % 2 == 0) whole(feed, i)
         val pool = runBlocks(blocks, feed, tracer, step = i, repeat = repeat)
+        if (i % 2 == 1) whole(feed, i)
         val got = pool[unetOutput] as? Tensor.F32
         if (got != null && got.shape.contentEquals(e.shape)) {
             var diff = 0.0

@@ -279,11 +279,19 @@ class Runner(
                     models.close() // the block chain replaces the UNet from here on
                     models = null
                     val loaded = ArrayList<Pair<ModelSpec, LoadedModel>>()
+                    var whole: LoadedModel? = null
                     try {
                         for (b in req.blocks) {
                             loaded.add(Pair(b, load(backend, mdir, b, tracer, listOf(LoadPhase.COLD))))
                         }
-                        val worst = profileBlocks(loaded, gen, inputs, unetOutput, tracer, repeat = rt.repeats - 1, maxSteps = prof.blockSteps ?: 0)
+                        if (prof.blockReference ?: true) {
+                            // the whole UNet again, timed beside the chain (holds it and the blocks together)
+                            whole = load(backend, mdir, req.unet, tracer, listOf(LoadPhase.REFERENCE))
+                        }
+                        val worst = profileBlocks(
+                            loaded, gen, inputs, unetOutput, tracer, repeat = rt.repeats - 1,
+                            maxSteps = prof.blockSteps ?: 0, reference = whole,
+                        )
                         if (worst != null) {
                             tracer.event(
                                 EventName.PER_BLOCK_CHECK, "block chain vs unet: max |diff| ${String.format(Locale.ROOT, "%.3g", worst)}",
@@ -295,6 +303,7 @@ class Runner(
                         }
                     } finally {
                         loaded.forEach { it.second.close() }
+                        whole?.close()
                     }
                 }
             } finally {
