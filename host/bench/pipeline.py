@@ -158,12 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"output: {out}")
 
     results: dict[str, dict] = {}
+    gemm = {"before": measure_gemm_peak(args.threads)}
     for system in systems:
         results[system] = run_system(system, settings, out, timeout=args.timeout or None, verbose=args.verbose)
 
     report = assemble(settings, results, argv)
     report["paired_step"] = run_paired(settings, results, out, timeout=args.timeout or None, verbose=args.verbose)
-    report["flop_floor"] = flop_floor(results)
+    gemm["after"] = measure_gemm_peak(args.threads)
+    report["gemm_peak"] = gemm
+    report["flop_floor"] = flop_floor(results, gemm)
     report["image_check"] = image_check(out, results)
     report["targets"] = targets(report)
     text = render(report)
@@ -398,14 +401,35 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 DIRECT_FLOOR_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
-def flop_floor(results: dict[str, dict]) -> dict | None:
-    """UNet step FLOPs (host.traces.graph.analyze) over the host profile's peak FLOP/s."""
-    floors: dict[str, Any] = {}
+def measure_gemm_peak(threads: int) -> dict:
+    """This machine's fp32 GEMM FLOP/s now (``host.hostperf.measure_gemm``: best of its repeats, strict fp32),
+    for the floor: the VM's speed moves by +-10% from hour to hour, so the floor is taken in the same run as
+    the steps it is compared with. Never raises."""
     try:
-        from host.profiles import load_profile
+        from host.hostperf import measure_gemm
+
+        r = measure_gemm(threads=threads)
+        return {"flops_per_s": r.flops_per_s, "n": r.n, "threads": r.threads, "repeats": r.repeats,
+                "best_s": r.best_s}
+    except Exception as e:  # noqa: BLE001 - the floor falls back to the host profile's figure
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def flop_floor(results: dict[str, dict], gemm: dict | None = None) -> dict | None:
+    """UNet step FLOPs (host.traces.graph.analyze) over a peak FLOP/s: the higher of the GEMM rates measured
+    in this run (``gemm``: {"before": ..., "after": ...} from :func:`measure_gemm_peak`), else the host
+    profile's roofline."""
+    floors: dict[str, Any] = {}
+    rates = [m["flops_per_s"] for m in (gemm or {}).values() if isinstance(m, dict) and m.get("flops_per_s")]
+    try:
         from host.traces.graph import analyze
 
-        peak = float(load_profile("host").roofline.peak_flops)
+        if rates:
+            peak, source = max(rates), "fp32 GEMM measured in this run (the higher of before and after)"
+        else:
+            from host.profiles import load_profile
+
+            peak, source = float(load_profile("host").roofline.peak_flops), "host profile roofline"
     except Exception as e:  # noqa: BLE001 - informative only
         return {"error": f"{type(e).__name__}: {e}"}
     for system, label in ((BASELINE, "direct convolution (ours-baseline graph, its CONV_2D and FULLY_CONNECTED "
@@ -424,7 +448,7 @@ def flop_floor(results: dict[str, dict]) -> dict | None:
         flops = (float(a.ops.loc[a.ops["op_type"].isin(DIRECT_FLOOR_OPS), "flops"].sum()) if system == BASELINE
                  else a.total_flops)
         floors[system] = {"label": label, "flops": flops, "all_flops": a.total_flops, "peak_flops": peak,
-                          "floor_s": flops / peak}
+                          "peak_source": source, "floor_s": flops / peak}
     return floors or None
 
 
@@ -550,7 +574,12 @@ def render(report: dict) -> str:
 
     ff = report.get("flop_floor")
     if ff and "error" not in ff:
-        lines += ["", "UNet step FLOP floor (graph FLOPs / host roofline peak FLOP/s):"]
+        source = next((f["peak_source"] for f in ff.values() if "peak_source" in f), "host roofline")
+        gp = report.get("gemm_peak") or {}
+        measured = ", ".join(f"{k} {m['flops_per_s'] / 1e9:.4g}" if "flops_per_s" in m else f"{k} failed ({m.get('error')})"
+                             for k, m in gp.items() if isinstance(m, dict))
+        lines += ["", f"UNet step FLOP floor (graph FLOPs / peak FLOP/s: {source}"
+                      + (f"; GFLOP/s {measured}" if measured else "") + "):"]
         for s, f in ff.items():
             if "error" in f:
                 lines.append(f"  {f['label']}: analysis failed ({f['error']})")

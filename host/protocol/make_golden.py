@@ -203,16 +203,22 @@ def golden_trace(request: RunRequest) -> list[Any]:
                 rss_after=tl.rss + (1600 << 20))
     share = {"conv_in": 0.01, "conv_out": 0.01, "mid_block": 0.05, "down_blocks.3": 0.02, "up_blocks.0": 0.03}
 
-    def whole(i: int) -> None:
+    def whole(i: int, warm: bool = False) -> None:
         if prof.block_reference:
-            tl.span(REFERENCE_BLOCK, "block", 1.12, component="unet", step=i, repeat=rt.repeats - 1,
+            tl.span(REFERENCE_BLOCK, "block", 1.12, component="unet", step=i, repeat=rt.repeats - 1, warmup=warm,
                     args={"reference": True})
 
+    def chain(i: int, warm: bool = False) -> None:
+        for b in blocks:
+            tl.span(b.name, "block", (1.25 if warm else 1.08) * share.get(b.name, 0.145), component="unet", step=i,
+                    repeat=rt.repeats - 1, warmup=warm)
+
+    whole(0, warm=True)
+    chain(0, warm=True)
     for i in range(prof.block_steps or STEPS):
         if i % 2 == 0:
             whole(i)
-        for b in blocks:
-            tl.span(b.name, "block", 1.08 * share.get(b.name, 0.145), component="unet", step=i, repeat=rt.repeats - 1)
+        chain(i)
         if i % 2 == 1:
             whole(i)
     tl.event("per_block_check", "block chain vs unet: max |diff| 3.81e-06",

@@ -115,7 +115,7 @@ def to_uint8_hwc(image: np.ndarray) -> np.ndarray:
 
 
 def run_blocks(blocks: Sequence[tuple[BlockModelSpec, LiteRtModel]], feed: dict[str, np.ndarray], tracer: Tracer,
-               *, step: int, repeat: int) -> dict[str, np.ndarray]:
+               *, step: int, repeat: int, warmup: bool = False) -> dict[str, np.ndarray]:
     """Run the block chain once: each block takes its inputs by name from everything produced so far."""
     pool = dict(feed)
     for spec, model in blocks:
@@ -123,7 +123,7 @@ def run_blocks(blocks: Sequence[tuple[BlockModelSpec, LiteRtModel]], feed: dict[
         if missing:
             raise RunnerError(f"block {spec.name}: input {missing[0]!r} is not produced by the UNet inputs or an earlier block")
         args = {t.name: pool[t.name] for t in spec.inputs}
-        with tracer.span(spec.name, "block", component="unet", step=step, repeat=repeat):
+        with tracer.span(spec.name, "block", component="unet", step=step, repeat=repeat, warmup=warmup):
             out = model.run(**args)
         pool.update(out)
     return pool
@@ -136,20 +136,28 @@ def profile_blocks(blocks: Sequence[tuple[BlockModelSpec, LiteRtModel]], gen: Ge
 
     With a ``reference`` (the whole UNet), it runs on the same feed beside each step's chain, one block span
     named REFERENCE_BLOCK: before the chain at even steps, after it at odd ones, so that a drift of the
-    machine's speed over the pass weighs on both sides alike.
+    machine's speed over the pass weighs on both sides alike. One warm-up round on step 0's inputs comes
+    first (its spans marked warmup): on this host the first chain after loading the pass's models ran 10-19%
+    slower than the next, each block's first invocation on zeros notwithstanding.
     Returns the largest |difference| between the chain's ``unet_output`` and the UNet's, or None when
     the chain does not produce a tensor of that name. ``max_steps`` > 0 limits the pass to the first steps.
     """
     worst: float | None = None
 
-    def whole(feed: dict[str, np.ndarray], i: int) -> None:
+    def feed_of(i: int) -> dict[str, np.ndarray]:
+        return {"sample": gen.unet_io[i][0], "t_emb": np.stack([inputs.t_emb[i]] * 2), "context": gen.context}
+
+    def whole(feed: dict[str, np.ndarray], i: int, warmup: bool = False) -> None:
         if reference is not None:
-            with tracer.span(REFERENCE_BLOCK, "block", component="unet", step=i, repeat=repeat,
+            with tracer.span(REFERENCE_BLOCK, "block", component="unet", step=i, repeat=repeat, warmup=warmup,
                              args={"reference": True}):
                 reference.run(**feed)
 
+    if gen.unet_io:
+        whole(feed_of(0), 0, warmup=True)
+        run_blocks(blocks, feed_of(0), tracer, step=0, repeat=repeat, warmup=True)
     for i, (sample, e) in enumerate(gen.unet_io[:max_steps or None]):
-        feed = {"sample": sample, "t_emb": np.stack([inputs.t_emb[i]] * 2), "context": gen.context}
+        feed = feed_of(i)
         if i % 2 == 0:
             whole(feed, i)
         pool = run_blocks(blocks, feed, tracer, step=i, repeat=repeat)

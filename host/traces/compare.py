@@ -141,7 +141,7 @@ def run_summary(run: Run) -> dict:
     meta = run.meta.iloc[0] if len(run.meta) else {}
     reps = sorted(set(int(r) for r in spans["repeat"].dropna())) if len(spans) else []
     n_steps = int(steps.groupby("repeat").size().median()) if len(steps) else None
-    unet_blocks = run.spans[(run.spans["cat"] == "block") & (run.spans["component"] == "unet")]
+    unet_blocks = spans[(spans["cat"] == "block") & (spans["component"] == "unet")]
     is_ref = unet_blocks["name"] == REFERENCE_BLOCK
     chain, ref = unet_blocks[~is_ref], unet_blocks[is_ref]
     block_sum = _median(chain.groupby(["repeat", "step"])["dur_s"].sum().values) if len(chain) else math.nan

@@ -447,31 +447,32 @@ final class Runner {
     /// takes its inputs by name from the pool of everything produced so far. With a `reference` (the whole
     /// UNet) it runs on the same feed beside each step's chain, one block span named
     /// `ProtocolConstants.referenceBlock`: before the chain at even steps, after it at odd ones, so that a
-    /// drift of the phone's speed (heat) weighs on both sides alike. Returns the largest |difference| between
-    /// the chain's UNet-output tensor and the UNet's, or nil when the chain has none.
+    /// drift of the phone's speed (heat) weighs on both sides alike. One warm-up round on step 0's inputs
+    /// comes first (spans marked warmup): the first chain after the pass's loads runs slow. Returns the
+    /// largest |difference| between the chain's UNet-output tensor and the UNet's, or nil when it has none.
     private func profileBlocks(_ blocks: [(BlockModelSpec, LiteRTModel)], _ gen: Generation, _ inputs: RunInputs,
                                unetOutput: String, repeatIndex: Int, maxSteps: Int,
                                reference: LiteRTModel?) throws -> Double?
     {
         var worst: Double? = nil
-        func whole(_ pool: [String: [Float]], _ i: Int) throws {
-            guard let reference = reference else { return }
-            var feeds: [String: Data] = [:]
-            for (name, values) in pool { feeds[name] = TensorData.bytes(values) }
-            _ = try tracer.span(ProtocolConstants.referenceBlock, .block, component: "unet", step: i,
-                                repeatIndex: repeatIndex, args: ["reference": .bool(true)]) {
-                try reference.run(feeds)
-            }
-        }
-        let recorded = maxSteps > 0 ? Array(gen.unetIO.prefix(maxSteps)) : gen.unetIO
-        for (i, step) in recorded.enumerated() {
-            var pool: [String: [Float]] = [
-                ProtocolConstants.unetSample: step.sample,
+        func feedOf(_ i: Int) -> [String: [Float]] {
+            [
+                ProtocolConstants.unetSample: gen.unetIO[i].sample,
                 ProtocolConstants.unetTimeEmbedding: inputs.tEmb[i] + inputs.tEmb[i],
                 ProtocolConstants.unetContext: gen.context,
             ]
-            let feed = pool  // the UNet's inputs at this step
-            if i % 2 == 0 { try whole(feed, i) }
+        }
+        func whole(_ feed: [String: [Float]], _ i: Int, warmup: Bool = false) throws {
+            guard let reference = reference else { return }
+            var feeds: [String: Data] = [:]
+            for (name, values) in feed { feeds[name] = TensorData.bytes(values) }
+            _ = try tracer.span(ProtocolConstants.referenceBlock, .block, component: "unet", step: i,
+                                repeatIndex: repeatIndex, warmup: warmup, args: ["reference": .bool(true)]) {
+                try reference.run(feeds)
+            }
+        }
+        func chain(_ feed: [String: [Float]], _ i: Int, warmup: Bool = false) throws -> [String: [Float]] {
+            var pool = feed
             for (spec, model) in blocks {
                 var feeds: [String: Data] = [:]
                 for tensor in spec.inputs {
@@ -480,16 +481,28 @@ final class Runner {
                     }
                     feeds[tensor.name] = TensorData.bytes(values)
                 }
-                let out = try tracer.span(spec.name, .block, component: "unet", step: i, repeatIndex: repeatIndex) {
+                let out = try tracer.span(spec.name, .block, component: "unet", step: i, repeatIndex: repeatIndex,
+                                          warmup: warmup) {
                     try model.run(feeds)
                 }
                 pool.merge(out) { _, new in new }
             }
+            return pool
+        }
+        if !gen.unetIO.isEmpty {
+            try whole(feedOf(0), 0, warmup: true)
+            _ = try chain(feedOf(0), 0, warmup: true)
+        }
+        let recorded = maxSteps > 0 ? Array(gen.unetIO.prefix(maxSteps)) : gen.unetIO
+        for (i, step) in recorded.enumerated() {
+            let feed = feedOf(i)  // the UNet's inputs at this step
+            if i % 2 == 0 { try whole(feed, i) }
+            let pool = try chain(feed, i)
             if i % 2 == 1 { try whole(feed, i) }
-            if let chain = pool[unetOutput], chain.count == step.noisePred.count {
+            if let got = pool[unetOutput], got.count == step.noisePred.count {
                 var diff: Float = 0
-                for j in 0..<chain.count {
-                    diff = max(diff, abs(chain[j] - step.noisePred[j]))
+                for j in 0..<got.count {
+                    diff = max(diff, abs(got[j] - step.noisePred[j]))
                 }
                 worst = max(worst ?? 0, Double(diff))
             }

@@ -96,6 +96,11 @@ def test_ratios_and_cross_checks(full_run):
 
     floor = report["flop_floor"]
     assert floor and floor["ours-baseline"]["flops"] > 0 and floor["ours-baseline"]["floor_s"] > 0
+    # over the GEMM rate measured in this run, before the systems and after the paired calls (the higher)
+    rates = [report["gemm_peak"][k]["flops_per_s"] for k in ("before", "after")]
+    assert all(_finite_positive(r) for r in rates)
+    assert floor["ours-baseline"]["peak_flops"] == max(rates)
+    assert floor["ours-baseline"]["floor_s"] == pytest.approx(floor["ours-baseline"]["flops"] / max(rates))
     # the direct-convolution floor leaves out attention's batched products; the as-executed one counts every op
     assert floor["ours-baseline"]["flops"] < floor["ours-baseline"]["all_flops"]
     assert floor["ours-optimized"]["flops"] == floor["ours-optimized"]["all_flops"]
@@ -104,6 +109,7 @@ def test_ratios_and_cross_checks(full_run):
     for system in pipeline.SYSTEMS:
         assert system in text
     assert "ratio to ours-baseline" in text and "speedup" in text and "FLOP floor" in text
+    assert "fp32 GEMM measured in this run" in text
 
     # Issue 6's goals, each a ratio of two medians of this run.
     goals = {t["key"]: t for t in report["targets"]}

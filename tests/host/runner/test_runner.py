@@ -52,9 +52,12 @@ def test_run_writes_trace_image_and_status(done_run):
     assert by_kind[("text_encoder", "component", False)] == 2 and by_kind[("vae_decoder", "component", False)] == 2
     assert [(s.repeat, s.step) for s in spans if s.name == "unet_step" and not s.warmup] == \
         [(r, i) for r in range(2) for i in range(3)]
-    # the chain (one block here) and the whole UNet beside it: before the chain at even steps, after at odd
-    assert [(s.name, s.repeat, s.step) for s in spans if s.cat == "block"] == [
-        ("unet", 1, 0), ("whole_unet", 1, 0), ("whole_unet", 1, 1), ("unet", 1, 1), ("unet", 1, 2), ("whole_unet", 1, 2)]
+    # the chain (one block here) and the whole UNet beside it: a warm-up round, then before the chain at even
+    # steps, after it at odd ones
+    assert [(s.name, s.repeat, s.step, s.warmup) for s in spans if s.cat == "block"] == [
+        ("unet", 1, 0, True), ("whole_unet", 1, 0, True),
+        ("unet", 1, 0, False), ("whole_unet", 1, 0, False), ("whole_unet", 1, 1, False), ("unet", 1, 1, False),
+        ("unet", 1, 2, False), ("whole_unet", 1, 2, False)]
     assert all(s.args == {"reference": True} for s in spans if s.cat == "block" and s.name == "unet")
     for s in spans:
         assert s.dur >= 0 and s.t >= s.start and s.t == pytest.approx(s.start + s.dur, abs=2e-6)
@@ -199,5 +202,5 @@ def test_block_steps_limits_the_per_block_pass_and_the_reference_can_be_left_out
                                   "block_models": [{"name": "whole_unet", "file": "unet.tflite"}]})
     assert run(run_dir).ok
     spans = [r for r in read_trace(run_dir / TRACE_FILE) if r.TYPE == "span"]
-    assert [(b.name, b.step) for b in spans if b.cat == "block"] == [("whole_unet", 0)]
+    assert [(b.name, b.step, b.warmup) for b in spans if b.cat == "block"] == [("whole_unet", 0, True), ("whole_unet", 0, False)]
     assert not any(s.cat == "load" and s.args["phase"] == "reference" for s in spans)

@@ -274,6 +274,7 @@ fun runBlocks(
     tracer: Tracer,
     step: Int,
     repeat: Int,
+    warmup: Boolean = false,
 ): Map<String, Tensor> {
     val pool = LinkedHashMap(feed)
     for ((spec, model) in blocks) {
@@ -282,7 +283,7 @@ fun runBlocks(
             throw RunnerError("block ${spec.name}: input '${missing[0]}' is not produced by the UNet inputs or an earlier block")
         }
         val args = spec.inputs.associate { it.name to pool.getValue(it.name) }
-        val out = tracer.span(spec.name, SpanCat.BLOCK, component = Keys.Models.UNET, step = step, repeat = repeat) {
+        val out = tracer.span(spec.name, SpanCat.BLOCK, component = Keys.Models.UNET, step = step, repeat = repeat, warmup = warmup) {
             stage("block ${spec.name} step $step") { model.run(args) }
         }
         pool.putAll(out)
@@ -294,7 +295,8 @@ fun runBlocks(
  * Times every block at every recorded step (the first [maxSteps] when > 0), fed the same UNet inputs
  * as the recorded generation. With a [reference] (the whole UNet) it runs on the same feed beside each
  * step's chain, one block span named [SpanName.REFERENCE_BLOCK]: before the chain at even steps, after it
- * at odd ones, so that a drift of the device's speed (heat) weighs on both sides alike.
+ * at odd ones, so that a drift of the device's speed (heat) weighs on both sides alike. One warm-up round on
+ * step 0's inputs comes first (spans marked warmup): the first chain after the pass's loads runs slow.
  * Returns the largest |difference| between the chain's [unetOutput] and the UNet's own output, or null
  * when the chain never produces a tensor of that name and shape.
  */
@@ -309,28 +311,35 @@ fun profileBlocks(
     reference: LoadedModel? = null,
 ): Double? {
     var worst: Double? = null
-    fun whole(feed: Map<String, Tensor>, i: Int) {
+    fun whole(feed: Map<String, Tensor>, i: Int, warmup: Boolean = false) {
         if (reference != null) {
             tracer.span(
                 SpanName.REFERENCE_BLOCK, SpanCat.BLOCK, component = Keys.Models.UNET, step = i, repeat = repeat,
-                args = json { put(Keys.Args.REFERENCE, true) },
+                warmup = warmup, args = json { put(Keys.Args.REFERENCE, true) },
             ) {
                 stage("whole unet step $i") { reference.run(feed) }
             }
         }
     }
-    val io = if (maxSteps > 0) gen.unetIo.take(maxSteps) else gen.unetIo
-    for ((i, pair) in io.withIndex()) {
-        val (sample, e) = pair
+    fun feedOf(i: Int): Map<String, Tensor> {
         val row = inputs.tEmb[i]
         val tEmb = FloatArray(2 * row.size)
         row.copyInto(tEmb, 0)
         row.copyInto(tEmb, row.size)
-        val feed = mapOf(
-            TensorNames.SAMPLE to sample,
+        return mapOf(
+            TensorNames.SAMPLE to gen.unetIo[i].first,
             TensorNames.T_EMB to Tensor.F32(intArrayOf(2, row.size), tEmb),
             TensorNames.CONTEXT to gen.context,
         )
+    }
+    if (gen.unetIo.isNotEmpty()) {
+        whole(feedOf(0), 0, warmup = true)
+        runBlocks(blocks, feedOf(0), tracer, step = 0, repeat = repeat, warmup = true)
+    }
+    val io = if (maxSteps > 0) gen.unetIo.take(maxSteps) else gen.unetIo
+    for ((i, pair) in io.withIndex()) {
+        val e = pair.second
+        val feed = feedOf(i)
         if (i % 2 == 0) whole(feed, i)
         val pool = runBlocks(blocks, feed, tracer, step = i, repeat = repeat)
         if (i % 2 == 1) whole(feed, i)
