@@ -38,6 +38,8 @@ def test_main_job_leaves_a_complete_run_folder(deployed):
         cats = {s.cat for s in spans}
         assert {"load", "component", "step", "total", "block", "op"} <= cats
         assert {s.name for s in spans if s.cat == "block"} >= {"conv_in", "mid_block", "conv_out"}
+        # the whole UNet timed beside the chain (deploy's default) at the one --block-steps step, after a warm-up
+        assert [s.warmup for s in spans if s.cat == "block" and s.name == "unet"] == [True, False]
     spans = pd.read_parquet(session / "tables" / "spans.parquet")
     assert set(spans["variant"]) == {"baseline", "cpu"}
     assert (session / "tables" / "memory.csv").is_file()
@@ -47,6 +49,17 @@ def test_main_job_leaves_a_complete_run_folder(deployed):
     assert "Per-layer latency" in html and "Sum of the per-block models" in html
     summary = (session / "summary.txt").read_text()
     assert "baseline" in summary and "cpu" in summary and "sum of UNet blocks" in summary
+    assert summary.count("timed beside them") == 2
+
+
+def test_no_block_reference_leaves_the_whole_unet_out_of_the_block_pass(tmp_path, artifact_root):
+    rc = deploy.main(_args(tmp_path, artifact_root, "--variant", "cpu", "--block-steps", "1", "--no-block-reference"))
+    assert rc == 0
+    run = (tmp_path / "runs" / "host" / "latest").resolve() / "cpu"
+    assert json.loads((run / "request.json").read_text())["profiling"]["block_reference"] is False
+    blocks = [s for s in read_trace(run / TRACE_FILE) if s.TYPE == "span" and s.cat == "block"]
+    assert blocks and not any(s.name == "unet" for s in blocks)
+    assert "timed beside them" not in (run.parent / "summary.txt").read_text()
 
 
 def test_an_int8_variant_runs_beside_its_fp32_reference(tmp_path, artifact_root):
