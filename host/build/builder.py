@@ -246,7 +246,7 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
         "verified": opts.verify,
         "build_seconds": round(time.perf_counter() - t0, 2),
         "convert_seconds": round(convert_s, 2),
-        "peak_rss_bytes": _peak_rss(),
+        "peak_rss_bytes": _memory()[1],
     }
     stages.mark("model info and hash")
     meta["stages"] = stages.rows
@@ -278,8 +278,9 @@ class _Stages:
 
     def mark(self, name: str) -> None:
         now = time.perf_counter()
-        self.rows.append({"stage": name, "seconds": round(now - self._t, 2), "peak_rss_bytes": _peak_rss(),
-                          "rss_bytes": _rss()})
+        rss, peak = _memory()
+        self.rows.append({"stage": name, "seconds": round(now - self._t, 2), "peak_rss_bytes": peak,
+                          "rss_bytes": rss})
         self._t = now
 
 
@@ -295,21 +296,8 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def _status_bytes(field: str) -> int | None:
-    """A kB field of /proc/self/status in bytes (None where there is no /proc)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+def _memory() -> tuple[int | None, int | None]:
+    """(resident set, high-water mark) of this process in bytes; (None, None) where there is no /proc."""
+    from host.runner.memory import read_proc_status
 
-
-def _peak_rss() -> int | None:
-    return _status_bytes("VmHWM")
-
-
-def _rss() -> int | None:
-    return _status_bytes("VmRSS")
+    return read_proc_status() or (None, None)

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Mapping, Union
 
 from host.protocol.constants import (  # noqa: F401  (re-exported)
     COMPONENTS, IMAGE_F32, IMAGE_PNG, MODELS_DIR, NOISE_FILE, PROTOCOL_VERSION, RECORD_TYPES, REQUEST_FILE,
-    REFERENCE_BLOCK, REQUEST_SCHEMA, REQUEST_VERSION, RUNNERS, SPAN_CATS, STATES, STATUS_FILE, TEXT_ENCODER_INPUT, TRACE_FILE,
+    REQUEST_SCHEMA, REQUEST_VERSION, RUNNERS, SPAN_CATS, STATES, STATUS_FILE, TEXT_ENCODER_INPUT, TRACE_FILE,
     TRACE_SCHEMA, TRACE_VERSION, UNET_INPUTS, VAE_INPUT,
 )
 from host.protocol.validation import (  # noqa: F401  (re-exported)
@@ -297,9 +297,6 @@ class RunRequest:
         names = [b.name for b in self.profiling.block_models]
         if len(set(names)) != len(names):
             fail("$.profiling.block_models", "block names must be unique")
-        if REFERENCE_BLOCK in names:
-            fail("$.profiling.block_models", f"the block name {REFERENCE_BLOCK!r} is reserved for the whole UNet's "
-                                              "reference spans")
         if self.profiling.per_block and not names:
             fail("$.profiling.block_models", "per_block is true but no block models are listed")
 

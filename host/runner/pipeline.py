@@ -156,7 +156,7 @@ def profile_blocks(blocks: Sequence[tuple[BlockModelSpec, LiteRtModel]], gen: Ge
     if gen.unet_io:
         whole(feed_of(0), 0, warmup=True)
         run_blocks(blocks, feed_of(0), tracer, step=0, repeat=repeat, warmup=True)
-    for i, (sample, e) in enumerate(gen.unet_io[:max_steps or None]):
+    for i, (_, e) in enumerate(gen.unet_io[:max_steps or None]):
         feed = feed_of(i)
         if i % 2 == 0:
             whole(feed, i)
