@@ -149,6 +149,114 @@ def measure_gemm(n: int = DEFAULT_GEMM_N, repeats: int = DEFAULT_GEMM_REPEATS,
                       rel_err=err)
 
 
+#: (tokens, in, out) of the FULLY_CONNECTED models for XNNPACK's fp32 GEMM rate: the UNet's 4096-token level with CFG
+#: batch 2 at widths around its projections'; on this machine the rate moves with the shape by ~25% (8192 x 1280 x 1280
+#: ~300 GFLOP/s, 8192 x 2048 x 2048 ~250, 8192 x 768 x 768 ~320), so the rate is the best of these
+XNNPACK_GEMM_SHAPES = ((8192, 768, 768), (8192, 1024, 1024), (8192, 1280, 1280))
+
+
+@dataclass(frozen=True)
+class XnnpackGemmResult:
+    shapes: tuple  # ((m, k, n, best_s), ...) in the order measured
+    threads: int
+    repeats: int
+    flops_per_s: float  # the best shape's
+    rel_err: float  # the worst over the shapes, of sampled rows against float64
+
+    @property
+    def best_shape(self) -> tuple[int, int, int]:
+        m, k, n, _ = max(self.shapes, key=lambda s: 2.0 * s[0] * s[1] * s[2] / s[3])
+        return m, k, n
+
+
+def fully_connected_model(m: int, k: int, n: int, weights) -> bytes:
+    """A LiteRT flatbuffer with one FULLY_CONNECTED op, ``y[m, n] = x[m, k] @ weights[n, k]^T`` (float32, no
+    bias), and a ``serving_default`` signature (x -> y), built with the schema's object API."""
+    import flatbuffers
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as s
+
+    w = np.ascontiguousarray(weights, dtype=np.float32)
+    if w.shape != (n, k):
+        raise HarnessError(f"FULLY_CONNECTED weights: shape {w.shape}, expected {(n, k)}")
+
+    def tensor(name, shape, buffer):
+        t = s.TensorT()
+        t.name, t.shape, t.type, t.buffer = name, list(shape), s.TensorType.FLOAT32, buffer
+        return t
+
+    def io(name, index):
+        t = s.TensorMapT()
+        t.name, t.tensorIndex = name, index
+        return t
+
+    code = s.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = s.BuiltinOperator.FULLY_CONNECTED
+    code.version = 1
+    op = s.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = 0, [0, 1, -1], [2]
+    op.builtinOptionsType = s.BuiltinOptions.FullyConnectedOptions
+    op.builtinOptions = s.FullyConnectedOptionsT()
+    graph = s.SubGraphT()
+    graph.tensors = [tensor("x", (m, k), 0), tensor("w", (n, k), 1), tensor("y", (m, n), 0)]
+    graph.inputs, graph.outputs, graph.operators, graph.name = [0], [2], [op], "main"
+    empty, data = s.BufferT(), s.BufferT()
+    data.data = w.reshape(-1).view(np.uint8)
+    sig = s.SignatureDefT()
+    sig.signatureKey, sig.subgraphIndex, sig.inputs, sig.outputs = "serving_default", 0, [io("x", 0)], [io("y", 2)]
+    model = s.ModelT()
+    model.version, model.description = 3, "sdphone hostperf GEMM"
+    model.operatorCodes, model.subgraphs, model.buffers, model.signatureDefs = [code], [graph], [empty, data], [sig]
+    b = flatbuffers.Builder(0)
+    b.Finish(model.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def measure_xnnpack_gemm(shapes=XNNPACK_GEMM_SHAPES, repeats: int = DEFAULT_GEMM_REPEATS,
+                         threads: int = DEFAULT_THREADS, seed: int = 0) -> XnnpackGemmResult:
+    """XNNPACK's fp32 GEMM rate through the runtime the UNet runs on (LiteRT's CompiledModel on the CPU, XNNPACK,
+    ``threads`` threads): one FULLY_CONNECTED model per shape (m, k, n), one warm-up invocation (it packs the
+    weights) then the best of ``repeats`` bare invocations; FLOP = 2 m k n; the rate is the best shape's. Sampled
+    rows of each product are checked against float64 (relative error above 1e-4 fails the measurement)."""
+    import tempfile
+
+    import numpy as np
+    import torch
+    from ai_edge_litert.compiled_model import CompiledModel, CpuOptions, HardwareAccelerator, Options
+
+    _positive("gemm repeats", repeats)
+    _positive("threads", threads)
+    if not shapes:
+        raise HarnessError("no GEMM shapes to measure")
+    rng = np.random.default_rng(seed)
+    done, worst = [], 0.0
+    with tempfile.TemporaryDirectory(prefix="sdphone-gemm-") as tmp:
+        for m, k, n in shapes:
+            for name, v in (("gemm m", m), ("gemm k", k), ("gemm n", n)):
+                _positive(name, v)
+            w = (rng.standard_normal((n, k), dtype=np.float32) / math.sqrt(k)).astype(np.float32)
+            x = rng.standard_normal((m, k), dtype=np.float32)
+            path = os.path.join(tmp, f"fc_{m}_{k}_{n}.tflite")
+            with open(path, "wb") as f:
+                f.write(fully_connected_model(m, k, n, w))
+            opts = Options(HardwareAccelerator.CPU, cpu_options=CpuOptions(num_threads=threads))
+            model = CompiledModel.from_file(path, options=opts)
+            ins, outs = model.create_input_buffers(0), model.create_output_buffers(0)
+            ins[0].write(x)
+            model.run_by_index(0, ins, outs)  # packs the weights
+            best = math.inf
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model.run_by_index(0, ins, outs)
+                best = min(best, time.perf_counter() - t0)
+            y = np.asarray(outs[0].read(m * n, np.float32)).reshape(m, n)
+            worst = max(worst, check_fp32(torch.from_numpy(x), torch.from_numpy(w).T, torch.from_numpy(y)))
+            done.append((m, k, n, max(best, 1e-9)))
+            del model, ins, outs
+    rate = max(2.0 * m * k * n / t for m, k, n, t in done)
+    return XnnpackGemmResult(shapes=tuple(done), threads=threads, repeats=repeats, flops_per_s=rate, rel_err=worst)
+
+
 def measure_stream(elems: int = DEFAULT_STREAM_ELEMS, repeats: int = DEFAULT_STREAM_REPEATS,
                    threads: int = DEFAULT_THREADS) -> StreamResult:
     import torch

@@ -387,7 +387,9 @@ def _bench(d: ReportData) -> str:
     for name, f in (b.get("flop_floor") or {}).items():
         if isinstance(f, dict) and "floor_s" in f:
             notes.append(f"<li>UNet step floor, {escape(f.get('label', name))}: {f['flops'] / 1e9:.4g} GFLOP / "
-                         f"{f['peak_flops'] / 1e9:.4g} GFLOP/s = {fmt_s(f['floor_s'])}</li>")
+                         f"{f['peak_flops'] / 1e9:.4g} GFLOP/s = {fmt_s(f['floor_s'])}"
+                         + (f"; at XNNPACK's own fp32 GEMM rate measured in this run ({f['xnnpack_peak_flops'] / 1e9:.4g}"
+                            f" GFLOP/s): {fmt_s(f['xnnpack_floor_s'])}" if "xnnpack_floor_s" in f else "") + "</li>")
     for name, r in systems.items():
         note = ((r.get("run") or {}).get("info") or {}).get("note")
         if note:

@@ -98,3 +98,40 @@ def test_main_write_refuses_non_host_profile(tmp_path, capsys):
     assert hostperf.main(["--write", str(path), *TINY]) == 1
     assert "host measurements go into a host profile only" in capsys.readouterr().err
     assert path.read_text(encoding="utf-8") == original
+
+
+def test_xnnpack_gemm_runs_a_fully_connected_model_and_checks_its_product():
+    shapes = ((64, 48, 40), (32, 96, 16))
+    r = hostperf.measure_xnnpack_gemm(shapes=shapes, repeats=2, threads=2)
+    assert [s[:3] for s in r.shapes] == list(shapes)
+    assert all(_finite_positive(s[3]) for s in r.shapes)
+    best = max(2.0 * m * k * n / t for m, k, n, t in r.shapes)
+    assert r.flops_per_s == pytest.approx(best) and r.best_shape in shapes
+    assert 0 <= r.rel_err <= hostperf.FP32_REL_TOL
+
+
+def test_fully_connected_model_computes_x_times_w_transposed(tmp_path):
+    import numpy as np
+    from ai_edge_litert.compiled_model import CompiledModel
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((5, 7), dtype=np.float32)
+    x = rng.standard_normal((3, 7), dtype=np.float32)
+    path = tmp_path / "fc.tflite"
+    path.write_bytes(hostperf.fully_connected_model(3, 7, 5, w))
+    m = CompiledModel.from_file(str(path))
+    assert m.get_signature_list() == {"serving_default": {"inputs": ["x"], "outputs": ["y"]}}
+    ins, outs = m.create_input_buffers(0), m.create_output_buffers(0)
+    ins[0].write(x)
+    m.run_by_index(0, ins, outs)
+    y = np.asarray(outs[0].read(15, np.float32)).reshape(3, 5)
+    np.testing.assert_allclose(y, x @ w.T, rtol=1e-5, atol=1e-5)
+    with pytest.raises(HarnessError, match=r"weights: shape \(7, 5\), expected \(5, 7\)"):
+        hostperf.fully_connected_model(3, 7, 5, w.T)
+
+
+def test_xnnpack_gemm_sizes_are_validated():
+    with pytest.raises(HarnessError, match="gemm k must be >= 1"):
+        hostperf.measure_xnnpack_gemm(shapes=((8, 0, 8),), repeats=1)
+    with pytest.raises(HarnessError, match="no GEMM shapes"):
+        hostperf.measure_xnnpack_gemm(shapes=(), repeats=1)

@@ -104,12 +104,20 @@ def test_ratios_and_cross_checks(full_run):
     # the direct-convolution floor leaves out attention's batched products; the as-executed one counts every op
     assert floor["ours-baseline"]["flops"] < floor["ours-baseline"]["all_flops"]
     assert floor["ours-optimized"]["flops"] == floor["ours-optimized"]["all_flops"]
+    # and again over XNNPACK's own fp32 GEMM rate, measured in this run through the same runtime
+    xrates = [report["xnnpack_gemm"][k]["flops_per_s"] for k in ("before", "after")]
+    assert all(_finite_positive(r) for r in xrates)
+    for s in ("ours-baseline", "ours-optimized"):
+        assert floor[s]["xnnpack_peak_flops"] == max(xrates)
+        assert floor[s]["xnnpack_floor_s"] == pytest.approx(floor[s]["flops"] / max(xrates))
+    assert report["xnnpack_gemm"]["before"]["shape"] in [x[:3] for x in report["xnnpack_gemm"]["before"]["shapes"]]
 
     text = (out / "summary.txt").read_text()
     for system in pipeline.SYSTEMS:
         assert system in text
     assert "ratio to ours-baseline" in text and "speedup" in text and "FLOP floor" in text
     assert "fp32 GEMM measured in this run" in text
+    assert "at XNNPACK's own fp32 GEMM rate" in text and "of the fp32 GEMM peak above" in text
 
     # Issue 6's goals, each a ratio of two medians of this run.
     goals = {t["key"]: t for t in report["targets"]}
@@ -216,3 +224,17 @@ def test_deploy_picks_the_latest_matching_benchmark(full_run, tmp_path):
     assert pipeline.latest_bench(tmp_path, "tiny", 64, 20) is None
     assert pipeline.latest_bench(tmp_path, "sd14", 64, 2) is None
     assert pipeline.latest_bench(tmp_path / "nothing", "tiny", 64, 2) is None
+
+
+def test_a_failed_xnnpack_rate_is_said_and_the_other_one_used():
+    results = {"ours-baseline": {"status": "ok", "stats": {"unet_step": {"median": 2.0}}}}
+    xnn = {"before": {"flops_per_s": 2e11, "shape": [8, 4, 4]}, "after": {"error": "RuntimeError: boom"}}
+    report = {"xnnpack_gemm": xnn, "gemm_peak": {"before": {"flops_per_s": 4e11}},
+              "flop_floor": {"ours-baseline": {"label": "direct convolution (x)", "flops": 3e11,
+                                               "xnnpack_peak_flops": pipeline._best_rate(xnn),
+                                               "xnnpack_floor_s": 3e11 / pipeline._best_rate(xnn)}}}
+    text = "\n".join(pipeline._xnnpack_floor_lines(report, results))
+    assert "before 200 (8x4x4), after failed (RuntimeError: boom)" in text
+    assert "direct convolution: 300 GFLOP / 200 GFLOP/s = 1500 ms; step / this floor 1.333" in text
+    assert "XNNPACK's rate is 50% of the fp32 GEMM peak above" in text
+    assert pipeline._xnnpack_floor_lines({}, results) == []
