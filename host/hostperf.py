@@ -2,6 +2,7 @@
 
     python -m host.hostperf [--write device_profiles/host.toml] [--threads 2]
                             [--gemm-n 4096] [--gemm-repeats 5] [--stream-elems 67108864] [--stream-repeats 5]
+                            [--xnnpack]
 
 * Compute: ``torch.matmul`` of two n x n float32 matrices into a preallocated output, ``threads`` torch
   threads, one warm-up then best of ``repeats``; FLOP = 2 n^3. fp32 is enforced, not assumed: this CPU
@@ -16,6 +17,10 @@
   first-touching larger arrays costs seconds here), one warm-up then best of ``repeats``; bytes counted
   the STREAM way (copy 2, triad 3 arrays per pass; write-allocate traffic not counted). The triad figure
   is the roofline bandwidth.
+* XNNPACK (``--xnnpack``; ``measure_xnnpack_gemm``): the fp32 GEMM rate of the runtime the models run on, one
+  FULLY_CONNECTED model per shape through LiteRT's CPU path, best of ``repeats`` after the call that packs the
+  weights, the best shape's rate; printed beside the peak, not written to the profile (the roofline stays the
+  machine's). ``host.bench pipeline`` measures it in every run.
 
 ``--write`` replaces only the ``[roofline]`` table of a host profile (rest of the file kept, comments
 included), with the figures rounded to 3 significant digits and a ``source`` naming the date, the command
@@ -379,6 +384,14 @@ def report(perf: HostPerf) -> str:
     return "\n".join(lines)
 
 
+def xnnpack_report(x: XnnpackGemmResult, gemm: GemmResult | None = None) -> str:
+    shapes = ", ".join(f"{m}x{k}x{n} {2.0 * m * k * n / t / 1e9:.1f}" for m, k, n, t in x.shapes)
+    vs = f" = {x.flops_per_s / gemm.flops_per_s * 100:.0f}% of the fp32 GEMM above" if gemm else ""
+    return (f"XNNPACK     fp32 FULLY_CONNECTED through LiteRT, {x.threads} threads, best of {x.repeats} per shape "
+            f"(m x k x n GFLOP/s: {shapes}): {x.flops_per_s / 1e9:.1f} GFLOP/s{vs} (relative error vs float64 "
+            f"{x.rel_err:.1e})")
+
+
 def check_host_profile(path: str | os.PathLike) -> None:
     from host.profiles import load_profile
 
@@ -406,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gemm-repeats", type=int, default=DEFAULT_GEMM_REPEATS)
     ap.add_argument("--stream-elems", type=int, default=DEFAULT_STREAM_ELEMS)
     ap.add_argument("--stream-repeats", type=int, default=DEFAULT_STREAM_REPEATS)
+    ap.add_argument("--xnnpack", action="store_true",
+                    help="also measure XNNPACK's own fp32 GEMM rate through LiteRT (printed, not written)")
     args = ap.parse_args(argv)
     try:
         if args.write:
@@ -413,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         perf = measure(threads=args.threads, gemm_n=args.gemm_n, gemm_repeats=args.gemm_repeats,
                        stream_elems=args.stream_elems, stream_repeats=args.stream_repeats)
         print(report(perf))
+        if args.xnnpack:
+            print(xnnpack_report(measure_xnnpack_gemm(XNNPACK_GEMM_SHAPES, args.gemm_repeats, args.threads), perf.gemm))
         if args.write:
             command = " ".join(["python -m host.hostperf", *argv])
             write_host_roofline(args.write, perf, command)

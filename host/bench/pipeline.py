@@ -558,9 +558,12 @@ def _xnnpack_floor_lines(report: dict, results: dict[str, dict]) -> list[str]:
     lines = [f"  at XNNPACK's own fp32 GEMM rate (FULLY_CONNECTED through LiteRT's CPU path, best shape of m x k x n, "
              f"measured in this run; GFLOP/s {measured}):"]
     torch_peak = _best_rate(report.get("gemm_peak"))
+    opt = _median(results.get(OPTIMIZED), "unet_step")
     for s, f in ff.items():
         med = _median(results.get(s), "unet_step")
-        eff = f"; step / this floor {med / f['xnnpack_floor_s']:.3f}" if med else ""
+        eff = f"; {s} step / this floor {med / f['xnnpack_floor_s']:.3f}" if med else ""
+        if s == BASELINE and opt:
+            eff += f"; {OPTIMIZED} step / this floor {opt / f['xnnpack_floor_s']:.3f} (the floor target's ratio at this rate)"
         lines.append(f"    {f['label'].split(' (')[0]}: {f['flops'] / 1e9:.4g} GFLOP / {f['xnnpack_peak_flops'] / 1e9:.4g} "
                      f"GFLOP/s = {f['xnnpack_floor_s'] * 1e3:.4g} ms{eff}")
     if ff and torch_peak:

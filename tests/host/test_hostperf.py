@@ -73,6 +73,15 @@ def test_main_prints_figures(capsys):
     assert "fp32 GEMM   96x96" in out and "bandwidth   triad" in out
 
 
+def test_main_xnnpack_prints_the_runtime_rate_beside_the_peak(monkeypatch, capsys):
+    monkeypatch.setattr(hostperf, "XNNPACK_GEMM_SHAPES", ((48, 32, 40), (16, 64, 8)))
+    assert hostperf.main([*TINY, "--xnnpack"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("XNNPACK"))
+    assert re.search(r"m x k x n GFLOP/s: 48x32x40 [\d.]+, 16x64x8 [\d.]+\): [\d.]+ GFLOP/s = \d+% of the fp32 GEMM", line)
+    assert hostperf.main(TINY) == 0 and "XNNPACK" not in capsys.readouterr().out  # only when asked
+
+
 def test_main_write_updates_only_roofline(tmp_path, capsys):
     path = tmp_path / "host.toml"
     shutil.copy(REPO_PROFILES / "host.toml", path)

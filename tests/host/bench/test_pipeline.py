@@ -227,7 +227,8 @@ def test_deploy_picks_the_latest_matching_benchmark(full_run, tmp_path):
 
 
 def test_a_failed_xnnpack_rate_is_said_and_the_other_one_used():
-    results = {"ours-baseline": {"status": "ok", "stats": {"unet_step": {"median": 2.0}}}}
+    results = {"ours-baseline": {"status": "ok", "stats": {"unet_step": {"median": 2.0}}},
+               "ours-optimized": {"status": "ok", "stats": {"unet_step": {"median": 1.8}}}}
     xnn = {"before": {"flops_per_s": 2e11, "shape": [8, 4, 4]}, "after": {"error": "RuntimeError: boom"}}
     report = {"xnnpack_gemm": xnn, "gemm_peak": {"before": {"flops_per_s": 4e11}},
               "flop_floor": {"ours-baseline": {"label": "direct convolution (x)", "flops": 3e11,
@@ -235,6 +236,7 @@ def test_a_failed_xnnpack_rate_is_said_and_the_other_one_used():
                                                "xnnpack_floor_s": 3e11 / pipeline._best_rate(xnn)}}}
     text = "\n".join(pipeline._xnnpack_floor_lines(report, results))
     assert "before 200 (8x4x4), after failed (RuntimeError: boom)" in text
-    assert "direct convolution: 300 GFLOP / 200 GFLOP/s = 1500 ms; step / this floor 1.333" in text
+    assert ("direct convolution: 300 GFLOP / 200 GFLOP/s = 1500 ms; ours-baseline step / this floor 1.333; "
+            "ours-optimized step / this floor 1.200 (the floor target's ratio at this rate)") in text
     assert "XNNPACK's rate is 50% of the fp32 GEMM peak above" in text
     assert pipeline._xnnpack_floor_lines({}, results) == []
