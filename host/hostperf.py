@@ -255,7 +255,12 @@ def measure_xnnpack_gemm(shapes=XNNPACK_GEMM_SHAPES, repeats: int = DEFAULT_GEMM
                 model.run_by_index(0, ins, outs)
                 best = min(best, time.perf_counter() - t0)
             y = np.asarray(outs[0].read(m * n, np.float32)).reshape(m, n)
-            worst = max(worst, check_fp32(torch.from_numpy(x), torch.from_numpy(w).T, torch.from_numpy(y)))
+            err = fp32_rel_error(torch.from_numpy(x), torch.from_numpy(w).T, torch.from_numpy(y))
+            if not err <= FP32_REL_TOL:
+                raise HarnessError(f"XNNPACK's {m}x{k}x{n} FULLY_CONNECTED is not fp32-accurate (relative error "
+                                   f"{err:.1e} > {FP32_REL_TOL:.0e} against float64): the CPU path ran in reduced "
+                                   f"precision")
+            worst = max(worst, err)
             done.append((m, k, n, max(best, 1e-9)))
             del model, ins, outs
     rate = max(2.0 * m * k * n / t for m, k, n, t in done)

@@ -729,18 +729,12 @@ def _vmhwm() -> int | None:
 
 
 def _reset_vmhwm() -> None:
-    """Release freed heap to the OS, then restart VmHWM from the current RSS (Linux clear_refs 5)."""
-    try:
-        import ctypes
+    """Release freed heap to the OS, then restart VmHWM from the current RSS."""
+    from host.runner.memory import reset_peak_rss
+    from host.runtime import trim_heap
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
+    trim_heap()
+    reset_peak_rss()
 
 
 def _maybe_fail(system: str) -> None:
@@ -778,7 +772,6 @@ def _run_ours(system: str, spec: dict, sdir: Path) -> dict:
     from host.request import prepare_run
     from host.runner import run
     from host.runtime import delegate_label
-    from host.traces.tables import load_run
 
     _maybe_fail(system)
     build_dir = Path(spec["prepared"]["info"]["build_dir"])
@@ -793,6 +786,11 @@ def _run_ours(system: str, spec: dict, sdir: Path) -> dict:
                 run_id=f"bench_{system}")
     log(f"{system}: running {run_dir}")
     run(run_dir)
+    pandas_in_run = "pandas" in sys.modules
+    # pandas and pyarrow only after the run: imported before, their ~70 MiB counted in the peak RSS of a process
+    # that a user's runner (python -m host.runner, without them) does not have
+    from host.traces.tables import load_run
+
     r = load_run(run_dir)
     spans = r.spans
     samples = {"unet_step": [], "text_encoder": [], "vae_decoder": [], "generation": [], "model_loads": []}
@@ -827,7 +825,7 @@ def _run_ours(system: str, spec: dict, sdir: Path) -> dict:
             "peak_rss_bytes": int(peaks.max()) if len(peaks) else _vmhwm(),
             "max_sampled_rss_bytes": int(mem["rss_bytes"].dropna().max()) if len(mem) else None,
             "info": {"run_dir": str(run_dir), "runtime": f"ai-edge-litert, {delegate_label()}, host.runner",
-                     "torch_imported": "torch" in sys.modules,
+                     "torch_imported": "torch" in sys.modules, "pandas_imported": pandas_in_run,
                      "load_seconds": [[c, float(d)] for c, d in zip(loads["component"], loads["dur_s"])],
                      "image_shape": list(image.shape)}}
 

@@ -143,10 +143,11 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
 
     from host.build import gates, tflite_info
     from host.build.convert import convert
+    from host.runner.memory import reset_peak_rss
     from host.runtime import CompiledLiteRtModel, trim_heap
     from models.components import OUTPUT_NAMES, build_module, load_weights, sample_inputs
 
-    _reset_peak_rss()
+    reset_peak_rss()
     t0 = time.perf_counter()
     stages = _Stages()
     inputs = sample_inputs(component, cfg, seed=GATE_SEED, timestep=GATE_TIMESTEP)
@@ -286,14 +287,6 @@ class _Stages:
 
 def _dtype(t) -> str:
     return str(t.dtype).removeprefix("torch.")
-
-
-def _reset_peak_rss() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
 
 
 def _memory() -> tuple[int | None, int | None]:

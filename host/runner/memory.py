@@ -31,6 +31,17 @@ def read_proc_status(path: str = PROC_STATUS) -> tuple[int, int | None] | None:
     return values["VmRSS"], values.get("VmHWM")
 
 
+def reset_peak_rss(path: str = "/proc/self/clear_refs") -> bool:
+    """Restart this process's VmHWM from its current resident set (Linux ``clear_refs`` 5), so that a later peak
+    is that of the work after this call; False where that is unavailable."""
+    try:
+        with open(path, "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
 #: The helper process: appends one memory record to the trace every interval (argv: pid, interval, trace path,
 #: the tracer's zero on perf_counter's scale, a record template), until its stdin closes (the runner stops it
 #: or dies) or the watched process is gone.

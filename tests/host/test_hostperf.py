@@ -144,3 +144,9 @@ def test_xnnpack_gemm_sizes_are_validated():
         hostperf.measure_xnnpack_gemm(shapes=((8, 0, 8),), repeats=1)
     with pytest.raises(HarnessError, match="no GEMM shapes"):
         hostperf.measure_xnnpack_gemm(shapes=(), repeats=1)
+
+
+def test_xnnpack_gemm_rejects_a_product_that_is_not_fp32(monkeypatch):
+    monkeypatch.setattr(hostperf, "fp32_rel_error", lambda a, b, c, rows=8: 3e-3)  # what bf16 inputs give
+    with pytest.raises(HarnessError, match=r"XNNPACK's 16x32x8 FULLY_CONNECTED is not fp32-accurate \(relative error 3.0e-03"):
+        hostperf.measure_xnnpack_gemm(shapes=((16, 32, 8),), repeats=1)

@@ -51,6 +51,8 @@ def test_every_system_produces_finite_raw_samples(full_run, capsys):
         assert len(s["model_loads"]) == 1
         if system in pipeline.OURS:
             assert 0 < s["model_loads"][0] < s["generation"][0] - sum(s["unet_step"][0])
+            # the peak is the runner's alone: the trace tables' pandas is imported after the run
+            assert run["info"]["pandas_imported"] is False and run["info"]["torch_imported"] is False
         else:
             assert s["model_loads"][0] == 0.0
         assert rec["stats"]["generation_resident"]["median"] == pytest.approx(s["generation"][0] - s["model_loads"][0])
@@ -206,6 +208,7 @@ def test_the_report_shows_the_benchmark_side_by_side(full_run, tmp_path):
     for system in pipeline.SYSTEMS:
         assert f"<td>{system}</td>" in html
     assert "<h3>Targets</h3>" in html and "peak RSS: ours-int8 / its model files" in html
+    assert "at XNNPACK's own fp32 GEMM rate measured in this run" in html  # the floor over the kernels' rate
     dom, _ = rendered_dom(out / "report.html", tmp_path / "profile")
     assert 'href="#bench"' in dom
     # Systems other than ours ran each model once before timing (ours: the runner's first_invoke phase).

@@ -9,7 +9,7 @@ import pytest
 from host.protocol import BlockModelSpec, TensorSpec, TraceWriter, read_trace
 from host.protocol.messages import MetaRecord
 from host.runner import RunnerError
-from host.runner.memory import MemorySampler, read_proc_status
+from host.runner.memory import MemorySampler, read_proc_status, reset_peak_rss
 from host.runner.pipeline import run_blocks, to_uint8_hwc
 from host.runner.tracing import Clock, Tracer
 
@@ -24,6 +24,20 @@ def test_read_proc_status(tmp_path):
     fake.write_text("Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n")
     assert read_proc_status(str(fake)) == (1024 * 1024, 2048 * 1024)
     assert read_proc_status(str(tmp_path / "missing")) is None
+
+
+def test_reset_peak_rss_restarts_the_high_water_mark_from_the_resident_set(tmp_path):
+    import mmap
+
+    block = mmap.mmap(-1, 256 << 20)  # anonymous, returned to the system on close
+    block.write(b"x" * (256 << 20))
+    block.close()
+    rss, peak = read_proc_status()
+    assert peak - rss > 200 << 20
+    assert reset_peak_rss() is True
+    rss, peak = read_proc_status()
+    assert peak - rss < 64 << 20
+    assert reset_peak_rss(str(tmp_path / "no" / "clear_refs")) is False
 
 
 def test_memory_sampler_writes_records_until_stopped(tmp_path):
