@@ -115,13 +115,18 @@ def fp32_rel_error(a, b, c, rows: int = 8) -> float:
     return (c[idx].double() - ref).norm().item() / denom if denom > 0 else 0.0
 
 
-def check_fp32(a, b, c, rows: int = 8, tol: float = FP32_REL_TOL) -> float:
+def check_fp32(a, b, c, rows: int = 8, tol: float = FP32_REL_TOL, what: str = "GEMM result",
+               hint: str | None = None) -> float:
+    """``fp32_rel_error``, or a HarnessError naming ``what`` and ``hint`` (default: torch's precision settings)
+    where it is above ``tol``."""
     err = fp32_rel_error(a, b, c, rows)
     if not err <= tol:
-        raise HarnessError(f"GEMM result is not fp32-accurate (relative error {err:.1e} > {tol:.0e} against "
-                           f"float64): reduced-precision matmul in use; check torch.set_float32_matmul_precision, "
-                           f"torch.backends.mkldnn.matmul.fp32_precision and ONEDNN_DEFAULT_FPMATH_MODE="
-                           f"{os.environ.get('ONEDNN_DEFAULT_FPMATH_MODE', '(unset)')}")
+        if hint is None:
+            hint = (f"reduced-precision matmul in use; check torch.set_float32_matmul_precision, "
+                    f"torch.backends.mkldnn.matmul.fp32_precision and ONEDNN_DEFAULT_FPMATH_MODE="
+                    f"{os.environ.get('ONEDNN_DEFAULT_FPMATH_MODE', '(unset)')}")
+        raise HarnessError(f"{what} is not fp32-accurate (relative error {err:.1e} > {tol:.0e} against "
+                           f"float64): {hint}")
     return err
 
 
@@ -165,8 +170,12 @@ class XnnpackGemmResult:
     shapes: tuple  # ((m, k, n, best_s), ...) in the order measured
     threads: int
     repeats: int
-    flops_per_s: float  # the best shape's
     rel_err: float  # the worst over the shapes, of sampled rows against float64
+
+    @property
+    def flops_per_s(self) -> float:
+        """The best shape's rate."""
+        return max(2.0 * m * k * n / t for m, k, n, t in self.shapes)
 
     @property
     def best_shape(self) -> tuple[int, int, int]:
@@ -239,7 +248,7 @@ def measure_xnnpack_gemm(shapes=XNNPACK_GEMM_SHAPES, repeats: int = DEFAULT_GEMM
         for m, k, n in shapes:
             for name, v in (("gemm m", m), ("gemm k", k), ("gemm n", n)):
                 _positive(name, v)
-            w = (rng.standard_normal((n, k), dtype=np.float32) / math.sqrt(k)).astype(np.float32)
+            w = rng.standard_normal((n, k), dtype=np.float32) / np.float32(math.sqrt(k))
             x = rng.standard_normal((m, k), dtype=np.float32)
             path = os.path.join(tmp, f"fc_{m}_{k}_{n}.tflite")
             with open(path, "wb") as f:
@@ -255,16 +264,12 @@ def measure_xnnpack_gemm(shapes=XNNPACK_GEMM_SHAPES, repeats: int = DEFAULT_GEMM
                 model.run_by_index(0, ins, outs)
                 best = min(best, time.perf_counter() - t0)
             y = np.asarray(outs[0].read(m * n, np.float32)).reshape(m, n)
-            err = fp32_rel_error(torch.from_numpy(x), torch.from_numpy(w).T, torch.from_numpy(y))
-            if not err <= FP32_REL_TOL:
-                raise HarnessError(f"XNNPACK's {m}x{k}x{n} FULLY_CONNECTED is not fp32-accurate (relative error "
-                                   f"{err:.1e} > {FP32_REL_TOL:.0e} against float64): the CPU path ran in reduced "
-                                   f"precision")
-            worst = max(worst, err)
+            worst = max(worst, check_fp32(torch.from_numpy(x), torch.from_numpy(w).T, torch.from_numpy(y),
+                                          what=f"XNNPACK's {m}x{k}x{n} FULLY_CONNECTED",
+                                          hint="the CPU path ran in reduced precision"))
             done.append((m, k, n, max(best, 1e-9)))
             del model, ins, outs
-    rate = max(2.0 * m * k * n / t for m, k, n, t in done)
-    return XnnpackGemmResult(shapes=tuple(done), threads=threads, repeats=repeats, flops_per_s=rate, rel_err=worst)
+    return XnnpackGemmResult(shapes=tuple(done), threads=threads, repeats=repeats, rel_err=worst)
 
 
 def measure_stream(elems: int = DEFAULT_STREAM_ELEMS, repeats: int = DEFAULT_STREAM_REPEATS,

@@ -567,7 +567,7 @@ def _xnnpack_floor_lines(report: dict, results: dict[str, dict]) -> list[str]:
         lines.append(f"    {f['label'].split(' (')[0]}: {f['flops'] / 1e9:.4g} GFLOP / {f['xnnpack_peak_flops'] / 1e9:.4g} "
                      f"GFLOP/s = {f['xnnpack_floor_s'] * 1e3:.4g} ms{eff}")
     if ff and torch_peak:
-        rate = next(iter(ff.values()))["xnnpack_peak_flops"]
+        rate = _best_rate(xg)
         lines.append(f"    XNNPACK's rate is {rate / torch_peak * 100:.0f}% of the fp32 GEMM peak above")
     return lines
 
