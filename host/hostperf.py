@@ -160,8 +160,8 @@ def measure_gemm(n: int = DEFAULT_GEMM_N, repeats: int = DEFAULT_GEMM_REPEATS,
 
 
 #: (tokens, in, out) of the FULLY_CONNECTED models for XNNPACK's fp32 GEMM rate: the UNet's 4096-token level with CFG
-#: batch 2 at widths around its projections'; on this machine the rate moves with the shape by ~25% (8192 x 1280 x 1280
-#: ~300 GFLOP/s, 8192 x 2048 x 2048 ~250, 8192 x 768 x 768 ~320), so the rate is the best of these
+#: batch 2 at widths around its projections'; on this machine the rate moves with the shape by up to ~30% (8192 x 1280 x
+#: 1280 260-300 GFLOP/s, 8192 x 2048 x 2048 ~250, 8192 x 768 x 768 290-330), so the rate is the best of these
 XNNPACK_GEMM_SHAPES = ((8192, 768, 768), (8192, 1024, 1024), (8192, 1280, 1280))
 
 
