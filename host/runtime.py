@@ -106,9 +106,10 @@ class CompiledLiteRtModel:
         check_flatbuffer(path)
         cpu = CpuOptions(num_threads=threads, xnnpack_weight_cache_path=weight_cache or "")
         try:
-            # XNNPACK reads the model file to pack its weights inside this one call; a native thread keeps the
-            # pages already read from piling up beside the packed copies (the full-size `cpu` UNet's load peaked
-            # at 9.89 GiB without it, 5.76 GiB with it)
+            # XNNPACK reads the model file to pack its weights inside this one call, from one thread; a native
+            # thread keeps the pages already read from piling up beside the packed copies (the full-size `cpu`
+            # UNet's load peaked at 9.89 GiB without it, 5.76 GiB with it), another faults in the packed copies'
+            # fresh memory from the second core (that load: 6.4-11.2 s without it, 3.9-6.3 s with it)
             with watch_file_pages(path) as self.load_watch:
                 self._model = CompiledModel.from_file(path, options=Options(HardwareAccelerator.CPU, cpu_options=cpu))
             sigs = self._model.get_signature_list()

@@ -1,15 +1,24 @@
-/* A native thread that keeps a read-only file mapping out of this process's resident set while another
- * call (a LiteRT model load, which holds Python's interpreter lock throughout) reads it.
+/* Native threads that run beside a call holding Python's interpreter lock throughout (a LiteRT model load).
  *
- * Every interval it reads /proc/self/maps and advises MADV_DONTNEED over each read-only mapping of the
- * file: the pages leave this process's page tables and stay in the page cache, so a later access is a
- * minor fault, not a disk read. Writable mappings are never touched. Built and loaded by
- * host/native/__init__.py (ctypes); one watcher per process at a time. */
+ * The watcher keeps a read-only file mapping out of this process's resident set while the call reads it:
+ * every interval it reads /proc/self/maps and advises MADV_DONTNEED over each read-only mapping of the
+ * file; the pages leave this process's page tables and stay in the page cache, so a later access is a
+ * minor fault, not a disk read. Writable mappings are never touched.
+ *
+ * The filler (optional) faults in, from the second core, the anonymous memory the call maps while it runs:
+ * XNNPACK packs weights into fresh buffers and clears its workspace from one thread, and the page faults
+ * are most of a load's time where fresh pages are dear (a VM whose balloon reports free pages to the host,
+ * so a page first touched after a while costs a fault in the host too). Every private anonymous writable
+ * range that was not mapped when the watch started is advised MADV_POPULATE_WRITE in 1 MiB steps from its
+ * top down, meeting the loading thread, which writes from the bottom up; the advice faults pages in as a
+ * write would without touching their contents. Built and loaded by host/native/__init__.py (ctypes); one
+ * watch per process at a time. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -22,6 +31,140 @@ static char target[PATH_MAX];
 static long interval_ns;
 static unsigned long long advised_bytes;
 static unsigned long passes;
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+#define FILL_STEP (1UL << 20)
+#define FILL_MIN (4UL << 20) /* smaller new ranges are left to the loading thread */
+
+struct range { unsigned long lo, hi; };
+struct ranges { struct range *r; size_t n, cap; };
+
+static pthread_t filler;
+static int filling;
+static long fill_interval_ns = 10 * 1000000L; /* a new buffer is found within this while the filler is idle */
+static struct ranges before, filled;
+static unsigned long long filled_bytes;
+static int fill_error;
+
+static int ranges_add(struct ranges *s, unsigned long lo, unsigned long hi) {
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? 2 * s->cap : 256;
+        struct range *r = realloc(s->r, cap * sizeof *r);
+        if (!r) return ENOMEM;
+        s->r = r;
+        s->cap = cap;
+    }
+    s->r[s->n].lo = lo;
+    s->r[s->n].hi = hi;
+    s->n++;
+    return 0;
+}
+
+static int in_ranges(const struct ranges *s, unsigned long x, unsigned long *hi) {
+    for (size_t i = 0; i < s->n; i++)
+        if (s->r[i].lo <= x && x < s->r[i].hi) { *hi = s->r[i].hi; return 1; }
+    return 0;
+}
+
+/* The first stretch [*a, *b) of [lo, hi) in neither before nor filled; 0 when there is none. */
+static int next_piece(unsigned long lo, unsigned long hi, unsigned long *a, unsigned long *b) {
+    unsigned long x = lo, end;
+    while (x < hi && (in_ranges(&before, x, &end) || in_ranges(&filled, x, &end))) x = end;
+    if (x >= hi) return 0;
+    end = hi;
+    for (size_t i = 0; i < before.n; i++)
+        if (before.r[i].lo > x && before.r[i].lo < end) end = before.r[i].lo;
+    for (size_t i = 0; i < filled.n; i++)
+        if (filled.r[i].lo > x && filled.r[i].lo < end) end = filled.r[i].lo;
+    *a = x;
+    *b = end;
+    return 1;
+}
+
+/* Private anonymous writable mappings from /proc/self/maps: no path (not [heap], [stack] or a file), and not
+ * next to an inaccessible mapping (a thread's stack above its guard page, a malloc arena's used part below
+ * its reserve), whose pages nobody has asked for. */
+static int anonymous_ranges(struct ranges *out) {
+    FILE *maps = fopen("/proc/self/maps", "re");
+    char line[PATH_MAX + 256];
+    unsigned long guard_hi = 0; /* the end of the last inaccessible mapping */
+    int last_kept = 0;          /* the last line was kept: drop it if an inaccessible mapping follows */
+    out->n = 0;
+    if (!maps) return errno;
+    while (fgets(line, sizeof line, maps)) {
+        unsigned long lo, hi, inode;
+        char perms[8];
+        int path_at = 0;
+        if (sscanf(line, "%lx-%lx %7s %*s %*s %lu %n", &lo, &hi, perms, &inode, &path_at) < 4) continue;
+        if (strncmp(perms, "---", 3) == 0) {
+            if (last_kept && out->r[out->n - 1].hi == lo) out->n--;
+            guard_hi = hi;
+            last_kept = 0;
+            continue;
+        }
+        last_kept = 0;
+        if (strcmp(perms, "rw-p") != 0 || inode != 0 || lo == guard_hi) continue;
+        if (path_at && line[path_at] != '\n' && line[path_at] != '\0') continue;
+        if (ranges_add(out, lo, hi)) break;
+        last_kept = 1;
+    }
+    fclose(maps);
+    return 0;
+}
+
+static int still_filling(void) {
+    pthread_mutex_lock(&lock);
+    int on = filling;
+    pthread_mutex_unlock(&lock);
+    return on;
+}
+
+/* Faults in [lo, hi) from the top down, stopping early when the watch ends or the range goes away. */
+static void fill(unsigned long lo, unsigned long hi) {
+    unsigned long top = hi;
+    while (top > lo && still_filling()) {
+        unsigned long base = top - lo > FILL_STEP ? top - FILL_STEP : lo;
+        int rc = madvise((void *)base, top - base, MADV_POPULATE_WRITE);
+        if (rc != 0 && errno == EINVAL) { fill_error = EINVAL; break; } /* a kernel before 5.14 */
+        if (rc != 0) break; /* unmapped or changed meanwhile: leave the rest */
+        filled_bytes += top - base;
+        top = base;
+    }
+    ranges_add(&filled, top, hi);
+}
+
+static void *fill_loop(void *unused) {
+    (void)unused;
+    struct ranges now = {0};
+    while (still_filling() && !fill_error) {
+        int worked = 0;
+        if (anonymous_ranges(&now) != 0) break;
+        for (size_t i = 0; i < now.n && still_filling() && !fill_error; i++) {
+            unsigned long lo = now.r[i].lo, a, b;
+            while (!fill_error && next_piece(lo, now.r[i].hi, &a, &b)) {
+                if (b - a >= FILL_MIN) { fill(a, b); worked = 1; }
+                else ranges_add(&filled, a, b);
+                lo = b;
+            }
+        }
+        if (!worked) {
+            pthread_mutex_lock(&lock);
+            if (filling) {
+                struct timespec until;
+                clock_gettime(CLOCK_REALTIME, &until);
+                until.tv_nsec += fill_interval_ns;
+                until.tv_sec += until.tv_nsec / 1000000000L;
+                until.tv_nsec %= 1000000000L;
+                pthread_cond_timedwait(&wake, &lock, &until);
+            }
+            pthread_mutex_unlock(&lock);
+        }
+    }
+    free(now.r);
+    return NULL;
+}
 
 static void release_once(void) {
     FILE *maps = fopen("/proc/self/maps", "re");
@@ -60,32 +203,54 @@ static void *watch(void *unused) {
     return NULL;
 }
 
-/* Starts watching `path` (an absolute, resolved path as /proc/self/maps prints it) every `interval_ms`.
- * Returns 0, EBUSY when a watcher already runs, ENAMETOOLONG, or pthread_create's error. */
-int sdp_watch_start(const char *path, int interval_ms) {
+/* Starts a watch: the watcher over `path` (an absolute, resolved path as /proc/self/maps prints it; NULL or
+ * "" for none) every `interval_ms`, and with `fill` the filler. Returns 0, EBUSY when a watch already runs,
+ * ENAMETOOLONG, or the error of reading /proc/self/maps or of pthread_create. */
+int sdp_watch_start(const char *path, int interval_ms, int fill) {
     pthread_mutex_lock(&lock);
-    if (running) { pthread_mutex_unlock(&lock); return EBUSY; }
-    if (strlen(path) >= sizeof target) { pthread_mutex_unlock(&lock); return ENAMETOOLONG; }
-    strcpy(target, path);
+    if (running || filling) { pthread_mutex_unlock(&lock); return EBUSY; }
+    if (path && strlen(path) >= sizeof target) { pthread_mutex_unlock(&lock); return ENAMETOOLONG; }
+    strcpy(target, path ? path : "");
     interval_ns = (long)(interval_ms > 0 ? interval_ms : 1) * 1000000L;
-    advised_bytes = 0;
+    advised_bytes = filled_bytes = 0;
     passes = 0;
-    running = 1;
-    int rc = pthread_create(&watcher, NULL, watch, NULL);
-    if (rc != 0) running = 0;
+    fill_error = 0;
+    filled.n = 0;
+    int rc = 0;
+    if (fill) {
+        rc = anonymous_ranges(&before); /* what was mapped before the call is not the call's to fill */
+        if (rc == 0) {
+            filling = 1;
+            rc = pthread_create(&filler, NULL, fill_loop, NULL);
+            if (rc != 0) filling = 0;
+        }
+    }
+    if (rc == 0 && target[0]) {
+        running = 1;
+        rc = pthread_create(&watcher, NULL, watch, NULL);
+        if (rc != 0) running = 0;
+    }
+    int started_filler = filling;
+    if (rc != 0) filling = 0;
+    pthread_cond_broadcast(&wake);
     pthread_mutex_unlock(&lock);
+    if (rc != 0 && started_filler) pthread_join(filler, NULL);
     return rc;
 }
 
-/* Stops the watcher and waits for it; returns the bytes of address range it advised (summed over passes),
- * and the number of passes through *passes_out. */
-unsigned long long sdp_watch_stop(unsigned long *passes_out) {
+/* Stops the watch and waits for its threads; returns the bytes of address range the watcher advised (summed
+ * over passes), its number of passes through *passes_out, the bytes the filler faulted in through
+ * *filled_out and its error through *fill_error_out (EINVAL: the kernel has no MADV_POPULATE_WRITE). */
+unsigned long long sdp_watch_stop(unsigned long *passes_out, unsigned long long *filled_out, int *fill_error_out) {
     pthread_mutex_lock(&lock);
-    int was = running;
-    running = 0;
-    pthread_cond_signal(&wake);
+    int was = running, was_filling = filling;
+    running = filling = 0;
+    pthread_cond_broadcast(&wake);
     pthread_mutex_unlock(&lock);
     if (was) pthread_join(watcher, NULL);
+    if (was_filling) pthread_join(filler, NULL);
     if (passes_out) *passes_out = passes;
+    if (filled_out) *filled_out = filled_bytes;
+    if (fill_error_out) *fill_error_out = fill_error;
     return advised_bytes;
 }

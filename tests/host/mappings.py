@@ -23,6 +23,28 @@ def mapped_rss(path) -> int:
     return rss
 
 
+def range_rss(address: int) -> int:
+    """Resident bytes of the mapping that starts at ``address`` (from /proc/self/smaps); 0 if none starts there."""
+    rss, current = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                current = int(head[0].split("-")[0], 16) == address
+            elif current and head[0] == "Rss:":
+                rss += int(head[1]) * 1024
+    return rss
+
+
+def private_anonymous(size: int) -> tuple[mmap.mmap, int]:
+    """A private anonymous mapping of ``size`` bytes (as malloc makes for a large buffer), nothing touched yet,
+    and its address."""
+    import ctypes
+
+    m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return m, ctypes.addressof(ctypes.c_char.from_buffer(m))
+
+
 @dataclass
 class Mappings:
     data: np.ndarray      # what both files hold

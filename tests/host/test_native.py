@@ -7,8 +7,8 @@ import pytest
 
 import host.native
 from host.errors import HarnessError
-from host.native import WATCH_ENV, watch_file_pages
-from tests.host.mappings import mapped_rss, two_mappings
+from host.native import FILL_ENV, WATCH_ENV, watch_file_pages
+from tests.host.mappings import mapped_rss, private_anonymous, range_rss, two_mappings
 
 
 
@@ -67,4 +67,57 @@ def test_the_watch_can_be_turned_off_and_a_bad_setting_is_named(tmp_path):
     assert w.skipped == f"{WATCH_ENV}=off" and w.passes == 0
     with pytest.raises(HarnessError, match=rf"^{WATCH_ENV}='soon': expected 'off' or an interval"):
         with watch_file_pages(str(tmp_path), env={WATCH_ENV: "soon"}):
+            pass
+
+
+def _guarded(size: int):
+    """A private anonymous mapping whose first page is made inaccessible, as a thread's stack has its guard page;
+    returns the mapping and the address of its accessible part."""
+    import ctypes
+
+    m, at = private_anonymous(size)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    assert libc.mprotect(at, 4096, 0) == 0, ctypes.get_errno()
+    return m, at + 4096
+
+
+def test_the_filler_faults_in_what_the_body_maps_and_nothing_it_had_before(tmp_path):
+    size = 32 << 20
+    old, old_at = private_anonymous(size)
+    with watch_file_pages(str(tmp_path / "no-such-file")) as w:
+        new, new_at = private_anonymous(size)
+        new[:4] = b"mine"  # the body writes at the bottom, as XNNPACK packs; the filler comes from the top
+        stack, stack_at = _guarded(size)
+        small, small_at = private_anonymous(1 << 20)
+        deadline = time.monotonic() + 10
+        while range_rss(new_at) < size and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.1)  # another pass, in which the other two would be faulted in if they were taken
+    try:
+        assert w.fill_skipped == "" and w.filled_bytes >= size - 4096, w
+        assert range_rss(new_at) == size and new[:4] == b"mine" and not any(new[4:])  # in, contents untouched
+        assert range_rss(old_at) == 0  # mapped before the body: not the body's to fill
+        assert range_rss(stack_at) == 0  # beside an inaccessible page: a stack or a malloc arena's reserve
+        assert range_rss(small_at) == 0  # under 4 MiB: left to the body
+    finally:
+        for m in (old, new, stack, small):
+            m.close()
+
+
+def test_the_filler_can_be_turned_off_and_a_bad_setting_is_named(tmp_path):
+    size = 16 << 20
+    with watch_file_pages(str(tmp_path), env={FILL_ENV: "off"}) as w:
+        new, new_at = private_anonymous(size)
+        time.sleep(0.2)
+    try:
+        assert w.fill_skipped == f"{FILL_ENV}=off" and w.filled_bytes == 0 and w.skipped == "" and w.passes >= 1
+        assert range_rss(new_at) == 0
+    finally:
+        new.close()
+    with watch_file_pages(str(tmp_path), env={WATCH_ENV: "off", FILL_ENV: "off"}) as both:
+        pass
+    assert both.skipped == f"{WATCH_ENV}=off" and both.fill_skipped == f"{FILL_ENV}=off"
+    with pytest.raises(HarnessError, match=rf"^{FILL_ENV}='later': expected 'on' or 'off'"):
+        with watch_file_pages(str(tmp_path), env={FILL_ENV: "later"}):
             pass
