@@ -106,18 +106,19 @@ class CompiledLiteRtModel:
         check_flatbuffer(path)
         cpu = CpuOptions(num_threads=threads, xnnpack_weight_cache_path=weight_cache or "")
         try:
-            # XNNPACK reads the model file to pack its weights inside this one call, from one thread; a native
-            # thread keeps the pages already read from piling up beside the packed copies (the full-size `cpu`
-            # UNet's load peaked at 9.89 GiB without it, 5.76 GiB with it), another faults in the packed copies'
-            # fresh memory from the second core (that load: 6.4-11.2 s without it, 3.9-6.3 s with it)
+            # XNNPACK reads the model file to pack its weights inside these calls, from one thread (the first
+            # tensor query allocates the tensors: XNNPACK prepares its subgraph and clears memory there too); a
+            # native thread keeps the file's pages already read from piling up beside the packed copies (the
+            # full-size `cpu` UNet's load peaked at 9.89 GiB without it, 5.76 GiB with it), another faults in the
+            # fresh memory from the second core
             with watch_file_pages(path) as self.load_watch:
                 self._model = CompiledModel.from_file(path, options=Options(HardwareAccelerator.CPU, cpu_options=cpu))
-            sigs = self._model.get_signature_list()
-            if len(sigs) != 1:
-                raise ValueError(f"expected one signature, found {len(sigs)}")
-            self.signature = next(iter(sigs))
-            ins = self._model.get_input_tensor_details(self.signature)
-            outs = self._model.get_output_tensor_details(self.signature)
+                sigs = self._model.get_signature_list()
+                if len(sigs) != 1:
+                    raise ValueError(f"expected one signature, found {len(sigs)}")
+                self.signature = next(iter(sigs))
+                ins = self._model.get_input_tensor_details(self.signature)
+                outs = self._model.get_output_tensor_details(self.signature)
         except (ValueError, RuntimeError) as e:
             raise ModelLoadError(f"{path}: not a loadable LiteRT model ({str(e).splitlines()[0]})") from None
         # XNNPACK has packed the weights it runs (into the cache file or, for constant BATCH_MATMUL operands such as
