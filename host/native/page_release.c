@@ -9,10 +9,11 @@
  * XNNPACK packs weights into fresh buffers and clears its workspace from one thread, and the page faults
  * are most of a load's time where fresh pages are dear (a VM whose balloon reports free pages to the host,
  * so a page first touched after a while costs a fault in the host too). Every private anonymous writable
- * range that was not mapped when the watch started is advised MADV_POPULATE_WRITE in 1 MiB steps from its
- * top down, meeting the loading thread, which writes from the bottom up; the advice faults pages in as a
- * write would without touching their contents. Built and loaded by host/native/__init__.py (ctypes); one
- * watch per process at a time. */
+ * range of 4 MiB or more that was not mapped when the watch started, less what is a thread's stack or a malloc
+ * arena (both reserve memory nobody may ask for), is advised MADV_POPULATE_WRITE in 1 MiB steps from its top
+ * down, meeting the loading thread, which writes from the bottom up; the advice faults pages in as a write
+ * would without touching their contents. Built and loaded by host/native/__init__.py (ctypes); one watch per
+ * process at a time. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
@@ -21,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <time.h>
 
 static pthread_t watcher;
@@ -83,14 +85,18 @@ static int next_piece(unsigned long lo, unsigned long hi, unsigned long *a, unsi
     return 1;
 }
 
-/* Private anonymous writable mappings from /proc/self/maps: no path (not [heap], [stack] or a file), and not
- * next to an inaccessible mapping (a thread's stack above its guard page, a malloc arena's used part below
- * its reserve), whose pages nobody has asked for. */
+#define GUARD_MAX (64UL << 10)  /* an inaccessible mapping up to this size is a guard page */
+#define ARENA_MAX (64UL << 20)  /* a glibc malloc arena: its used part, then its inaccessible reserve */
+static unsigned long stack_max; /* a thread's stack above its guard page (RLIMIT_STACK, as glibc sizes them) */
+
+/* Private anonymous writable mappings from /proc/self/maps with no path (not [heap], [stack] or a file), less
+ * what nobody has asked for: a thread's stack above its guard page, a malloc arena's used part below its
+ * reserve (a new buffer the kernel merged with either keeps the rest). */
 static int anonymous_ranges(struct ranges *out) {
     FILE *maps = fopen("/proc/self/maps", "re");
     char line[PATH_MAX + 256];
-    unsigned long guard_hi = 0; /* the end of the last inaccessible mapping */
-    int last_kept = 0;          /* the last line was kept: drop it if an inaccessible mapping follows */
+    unsigned long guard_lo = 0, guard_hi = 0; /* the last guard page */
+    int last_kept = 0;          /* the last line was kept: trim it if a reserve follows */
     out->n = 0;
     if (!maps) return errno;
     while (fgets(line, sizeof line, maps)) {
@@ -99,14 +105,24 @@ static int anonymous_ranges(struct ranges *out) {
         int path_at = 0;
         if (sscanf(line, "%lx-%lx %7s %*s %*s %lu %n", &lo, &hi, perms, &inode, &path_at) < 4) continue;
         if (strncmp(perms, "---", 3) == 0) {
-            if (last_kept && out->r[out->n - 1].hi == lo) out->n--;
-            guard_hi = hi;
+            if (hi - lo <= GUARD_MAX) { guard_lo = lo; guard_hi = hi; }
+            else if (last_kept && out->r[out->n - 1].hi == lo && hi - lo < ARENA_MAX) {
+                /* an arena spans ARENA_MAX up to its reserve's end: below its start is someone else's */
+                struct range *r = &out->r[out->n - 1];
+                if (hi - ARENA_MAX <= r->lo) out->n--;
+                else r->hi = hi - ARENA_MAX;
+            }
             last_kept = 0;
             continue;
         }
         last_kept = 0;
-        if (strcmp(perms, "rw-p") != 0 || inode != 0 || lo == guard_hi) continue;
+        if (strcmp(perms, "rw-p") != 0 || inode != 0) continue;
         if (path_at && line[path_at] != '\n' && line[path_at] != '\0') continue;
+        if (lo == guard_hi) { /* a stack: stack_max bytes in all, its guard page included */
+            unsigned long stack = stack_max - (guard_hi - guard_lo);
+            if (hi - lo <= stack) continue;
+            lo += stack;
+        }
         if (ranges_add(out, lo, hi)) break;
         last_kept = 1;
     }
@@ -126,24 +142,22 @@ static void fill(unsigned long lo, unsigned long hi) {
     unsigned long top = hi;
     while (top > lo && still_filling()) {
         unsigned long base = top - lo > FILL_STEP ? top - FILL_STEP : lo;
-        int rc = madvise((void *)base, top - base, MADV_POPULATE_WRITE);
-        if (rc != 0 && errno == EINVAL) { fill_error = EINVAL; break; } /* a kernel before 5.14 */
-        if (rc != 0) break; /* unmapped or changed meanwhile: leave the rest */
+        if (madvise((void *)base, top - base, MADV_POPULATE_WRITE) != 0) break; /* unmapped or changed meanwhile */
         filled_bytes += top - base;
         top = base;
     }
-    ranges_add(&filled, top, hi);
+    ranges_add(&filled, still_filling() ? lo : top, hi); /* a range that failed is not tried again */
 }
 
 static void *fill_loop(void *unused) {
     (void)unused;
     struct ranges now = {0};
-    while (still_filling() && !fill_error) {
+    while (still_filling()) {
         int worked = 0;
         if (anonymous_ranges(&now) != 0) break;
-        for (size_t i = 0; i < now.n && still_filling() && !fill_error; i++) {
+        for (size_t i = 0; i < now.n && still_filling(); i++) {
             unsigned long lo = now.r[i].lo, a, b;
-            while (!fill_error && next_piece(lo, now.r[i].hi, &a, &b)) {
+            while (next_piece(lo, now.r[i].hi, &a, &b)) {
                 if (b - a >= FILL_MIN) { fill(a, b); worked = 1; }
                 else ranges_add(&filled, a, b);
                 lo = b;
@@ -218,8 +232,19 @@ int sdp_watch_start(const char *path, int interval_ms, int fill) {
     filled.n = 0;
     int rc = 0;
     if (fill) {
+        struct rlimit lim;
+        stack_max = 32UL << 20; /* glibc's default where RLIMIT_STACK is unlimited */
+        if (getrlimit(RLIMIT_STACK, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < stack_max)
+            stack_max = (lim.rlim_cur + 4095) & ~4095UL;
+        /* a kernel before 5.14 does not know the advice (EINVAL) */
+        void *probe = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (probe == MAP_FAILED) fill_error = errno;
+        else {
+            if (madvise(probe, 4096, MADV_POPULATE_WRITE) != 0) fill_error = errno;
+            munmap(probe, 4096);
+        }
         rc = anonymous_ranges(&before); /* what was mapped before the call is not the call's to fill */
-        if (rc == 0) {
+        if (rc == 0 && !fill_error) {
             filling = 1;
             rc = pthread_create(&filler, NULL, fill_loop, NULL);
             if (rc != 0) filling = 0;

@@ -36,13 +36,39 @@ def range_rss(address: int) -> int:
     return rss
 
 
-def private_anonymous(size: int) -> tuple[mmap.mmap, int]:
-    """A private anonymous mapping of ``size`` bytes (as malloc makes for a large buffer), nothing touched yet,
-    and its address."""
-    import ctypes
+class Anonymous:
+    """A private anonymous mapping made with mmap(2) (as malloc makes a large buffer), nothing touched yet: its
+    ``address``; ``[a:b]`` reads and writes bytes (for writable mappings); ``close`` unmaps it."""
 
-    m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    return m, ctypes.addressof(ctypes.c_char.from_buffer(m))
+    def __init__(self, size: int, prot: int):
+        import ctypes
+
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._libc.mmap.restype = ctypes.c_void_p
+        self._libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                    ctypes.c_long]
+        self._libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self.size = size
+        self.address = self._libc.mmap(None, size, prot, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        assert self.address not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+        self._view = (ctypes.c_char * size).from_address(self.address)
+
+    def __getitem__(self, s: slice) -> bytes:
+        return self._view[s]
+
+    def __setitem__(self, s: slice, value: bytes) -> None:
+        self._view[s] = value
+
+    def close(self) -> None:
+        if self.address is not None:
+            self._libc.munmap(self.address, self.size)
+            self.address = None
+
+
+def private_anonymous(size: int, prot: int = mmap.PROT_READ | mmap.PROT_WRITE) -> tuple[Anonymous, int]:
+    """A private anonymous mapping of ``size`` bytes and its address."""
+    m = Anonymous(size, prot)
+    return m, m.address
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The native page watch (host/native): built from source, run beside a call that holds the interpreter lock."""
 from __future__ import annotations
 
+import mmap
 import time
 
 import pytest
@@ -9,6 +10,8 @@ import host.native
 from host.errors import HarnessError
 from host.native import FILL_ENV, WATCH_ENV, watch_file_pages
 from tests.host.mappings import mapped_rss, private_anonymous, range_rss, two_mappings
+
+PROT_NONE = 0  # not in Python's mmap module
 
 
 
@@ -70,39 +73,93 @@ def test_the_watch_can_be_turned_off_and_a_bad_setting_is_named(tmp_path):
             pass
 
 
-def _guarded(size: int):
-    """A private anonymous mapping whose first page is made inaccessible, as a thread's stack has its guard page;
-    returns the mapping and the address of its accessible part."""
+def _mprotect(address: int, size: int, prot: int) -> None:
     import ctypes
 
-    m, at = private_anonymous(size)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    assert libc.mprotect(at, 4096, 0) == 0, ctypes.get_errno()
+    assert libc.mprotect(address, size, prot) == 0, ctypes.get_errno()
+
+
+def _stack_size() -> int:
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    return 32 << 20 if limit == resource.RLIM_INFINITY or limit > 32 << 20 else limit
+
+
+def _stack():
+    """A mapping made as glibc makes a thread's stack: RLIMIT_STACK bytes mapped inaccessible, then all but the
+    lowest page (its guard) made writable; returns it and the address of its writable part."""
+    m, at = private_anonymous(_stack_size(), prot=PROT_NONE)
+    _mprotect(at + 4096, _stack_size() - 4096, mmap.PROT_READ | mmap.PROT_WRITE)
     return m, at + 4096
+
+
+def _arena(used: int):
+    """A mapping made as glibc makes a malloc arena: 64 MiB mapped inaccessible, then the ``used`` bytes at its
+    bottom made writable; returns it and its address."""
+    m, at = private_anonymous(64 << 20, prot=PROT_NONE)
+    _mprotect(at, used, mmap.PROT_READ | mmap.PROT_WRITE)
+    return m, at
 
 
 def test_the_filler_faults_in_what_the_body_maps_and_nothing_it_had_before(tmp_path):
     size = 32 << 20
     old, old_at = private_anonymous(size)
     with watch_file_pages(str(tmp_path / "no-such-file")) as w:
-        new, new_at = private_anonymous(size)
+        stack, stack_at = _stack()
+        arena, arena_at = _arena(16 << 20)
+        new, new_at = private_anonymous(size)  # may be placed beside (and merged with) the stack or the arena
         new[:4] = b"mine"  # the body writes at the bottom, as XNNPACK packs; the filler comes from the top
-        stack, stack_at = _guarded(size)
         small, small_at = private_anonymous(1 << 20)
         deadline = time.monotonic() + 10
         while range_rss(new_at) < size and time.monotonic() < deadline:
             time.sleep(0.02)
-        time.sleep(0.1)  # another pass, in which the other two would be faulted in if they were taken
+        time.sleep(0.1)  # another pass, in which the others would be faulted in if they were taken
     try:
         assert w.fill_skipped == "" and w.filled_bytes >= size - 4096, w
-        assert range_rss(new_at) == size and new[:4] == b"mine" and not any(new[4:])  # in, contents untouched
+        assert new[:4] == b"mine" and not any(new[4:])  # contents untouched
         assert range_rss(old_at) == 0  # mapped before the body: not the body's to fill
-        assert range_rss(stack_at) == 0  # beside an inaccessible page: a stack or a malloc arena's reserve
         assert range_rss(small_at) == 0  # under 4 MiB: left to the body
+        # a stack and an arena are not filled, alone or merged with the new buffer into one mapping
+        for at, length in ((new_at, size), (stack_at, 4096), (arena_at, 4096)):
+            resident = _resident_pages(at, length)
+            assert resident == (length if at == new_at else 0), (hex(at), resident)
     finally:
-        for m in (old, new, stack, small):
+        for m in (old, new, stack, arena, small):
             m.close()
+
+
+def test_a_buffer_merged_with_a_stack_below_and_an_arena_above_is_filled_alone(tmp_path):
+    stack, size, used = _stack_size(), 32 << 20, 16 << 20
+    rw = mmap.PROT_READ | mmap.PROT_WRITE
+    with watch_file_pages(str(tmp_path / "no-such-file")) as w:
+        # one mapping, which the kernel keeps as one writable range: guard page, stack, buffer, an arena's used part,
+        # then its reserve; made inaccessible first, as glibc makes stacks and arenas
+        m, at = private_anonymous(stack + size + (64 << 20), prot=PROT_NONE)
+        _mprotect(at + 4096, stack - 4096 + size + used, rw)
+        deadline = time.monotonic() + 10
+        while _resident_pages(at + stack, size) < size and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.1)
+    try:
+        assert _resident_pages(at + stack, size) == size, w
+        assert _resident_pages(at + 4096, stack - 4096) == 0 and _resident_pages(at + stack + size, used) == 0
+    finally:
+        m.close()
+
+
+def _resident_pages(address: int, length: int) -> int:
+    """Resident bytes of [address, address + length) by mincore (the range may be part of a larger mapping)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    pages = (length + 4095) // 4096
+    vec = ctypes.create_string_buffer(pages)
+    assert libc.mincore(address, length, vec) == 0, ctypes.get_errno()
+    return sum(b & 1 for b in vec.raw) * 4096
 
 
 def test_the_filler_can_be_turned_off_and_a_bad_setting_is_named(tmp_path):
