@@ -5,9 +5,10 @@ Python runs while XNNPACK reads the model file to pack its weights. :func:`watch
 threads (``page_release.c``) during such a call: one keeps the read-only mappings of one file out of the
 process's resident set, so the pages XNNPACK has already packed from do not stack up on top of the packed
 copies; the other faults in, from the second core, the anonymous memory the load maps (the packed weights,
-XNNPACK's workspace), which the loading thread would otherwise fault in alone. The library is compiled with the C compiler (``$CC``, else ``cc``) into
-``$XDG_CACHE_HOME/sdphone/native`` (``SDPHONE_NATIVE_CACHE`` overrides), once per source version; where that
-cannot be done the watch is skipped, the load works as before, and :data:`status` says why.
+XNNPACK's workspace), which the loading thread would otherwise fault in alone. The library is compiled with the
+C compiler (``$CC``, else ``cc``) into ``$XDG_CACHE_HOME/sdphone/native`` (``SDPHONE_NATIVE_CACHE`` overrides),
+once per source version; where that cannot be done the watch is skipped, the load works as before, and
+:data:`status` says why.
 """
 from __future__ import annotations
 
