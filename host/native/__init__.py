@@ -176,4 +176,5 @@ def watch_file_pages(path: str, env=os.environ):
         result.passes = int(passes.value)
         result.filled_bytes = int(filled.value)
         if fill_error.value:
-            result.fill_skipped = f"madvise(MADV_POPULATE_WRITE): {os.strerror(fill_error.value)} (Linux >= 5.14 has it)"
+            why = os.strerror(fill_error.value)
+            result.fill_skipped = f"madvise(MADV_POPULATE_WRITE): {why} (Linux >= 5.14 has it)"
