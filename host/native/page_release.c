@@ -39,16 +39,26 @@ static unsigned long passes;
 #endif
 #define FILL_STEP (1UL << 20)
 #define FILL_MIN (4UL << 20) /* smaller new ranges are left to the loading thread */
+#define FILL_INTERVAL_NS (10 * 1000000L) /* a new buffer is found within this while the filler is idle */
 
 struct range { unsigned long lo, hi; };
 struct ranges { struct range *r; size_t n, cap; };
 
 static pthread_t filler;
 static int filling;
-static long fill_interval_ns = 10 * 1000000L; /* a new buffer is found within this while the filler is idle */
 static struct ranges before, filled;
 static unsigned long long filled_bytes;
 static int fill_error;
+
+/* Waits on `wake` for up to `ns`, `lock` held (a stop broadcasts `wake`, so no watch thread sleeps it out). */
+static void nap(long ns) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += ns;
+    until.tv_sec += until.tv_nsec / 1000000000L;
+    until.tv_nsec %= 1000000000L;
+    pthread_cond_timedwait(&wake, &lock, &until);
+}
 
 static int ranges_add(struct ranges *s, unsigned long lo, unsigned long hi) {
     if (s->n == s->cap) {
@@ -165,14 +175,7 @@ static void *fill_loop(void *unused) {
         }
         if (!worked) {
             pthread_mutex_lock(&lock);
-            if (filling) {
-                struct timespec until;
-                clock_gettime(CLOCK_REALTIME, &until);
-                until.tv_nsec += fill_interval_ns;
-                until.tv_sec += until.tv_nsec / 1000000000L;
-                until.tv_nsec %= 1000000000L;
-                pthread_cond_timedwait(&wake, &lock, &until);
-            }
+            if (filling) nap(FILL_INTERVAL_NS);
             pthread_mutex_unlock(&lock);
         }
     }
@@ -206,12 +209,7 @@ static void *watch(void *unused) {
         release_once();
         pthread_mutex_lock(&lock);
         if (!running) break;
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += interval_ns;
-        until.tv_sec += until.tv_nsec / 1000000000L;
-        until.tv_nsec %= 1000000000L;
-        pthread_cond_timedwait(&wake, &lock, &until);
+        nap(interval_ns);
     }
     pthread_mutex_unlock(&lock);
     return NULL;

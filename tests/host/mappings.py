@@ -23,17 +23,16 @@ def mapped_rss(path) -> int:
     return rss
 
 
-def range_rss(address: int) -> int:
-    """Resident bytes of the mapping that starts at ``address`` (from /proc/self/smaps); 0 if none starts there."""
-    rss, current = 0, False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            head = line.split()
-            if head and "-" in head[0] and not head[0].endswith(":"):
-                current = int(head[0].split("-")[0], 16) == address
-            elif current and head[0] == "Rss:":
-                rss += int(head[1]) * 1024
-    return rss
+def resident_bytes(address: int, length: int) -> int:
+    """Resident bytes of [address, address + length) by mincore(2), whichever mappings the range lies in (the
+    kernel may have merged a mapping with its neighbours into one)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    vec = ctypes.create_string_buffer((length + 4095) // 4096)
+    assert libc.mincore(address, length, vec) == 0, ctypes.get_errno()
+    return sum(b & 1 for b in vec.raw) * 4096
 
 
 class Anonymous:

@@ -9,7 +9,7 @@ import pytest
 import host.native
 from host.errors import HarnessError
 from host.native import FILL_ENV, WATCH_ENV, watch_file_pages
-from tests.host.mappings import mapped_rss, private_anonymous, range_rss, two_mappings
+from tests.host.mappings import mapped_rss, private_anonymous, resident_bytes, two_mappings
 
 PROT_NONE = 0  # not in Python's mmap module
 
@@ -114,18 +114,17 @@ def test_the_filler_faults_in_what_the_body_maps_and_nothing_it_had_before(tmp_p
         new[:4] = b"mine"  # the body writes at the bottom, as XNNPACK packs; the filler comes from the top
         small, small_at = private_anonymous(1 << 20)
         deadline = time.monotonic() + 10
-        while range_rss(new_at) < size and time.monotonic() < deadline:
+        while resident_bytes(new_at, size) < size and time.monotonic() < deadline:
             time.sleep(0.02)
         time.sleep(0.1)  # another pass, in which the others would be faulted in if they were taken
     try:
         assert w.fill_skipped == "" and w.filled_bytes >= size - 4096, w
         assert new[:4] == b"mine" and not any(new[4:])  # contents untouched
-        assert range_rss(old_at) == 0  # mapped before the body: not the body's to fill
-        assert range_rss(small_at) == 0  # under 4 MiB: left to the body
+        assert resident_bytes(new_at, size) == size
+        assert resident_bytes(old_at, size) == 0  # mapped before the body: not the body's to fill
+        assert resident_bytes(small_at, 1 << 20) == 0  # under 4 MiB: left to the body
         # a stack and an arena are not filled, alone or merged with the new buffer into one mapping
-        for at, length in ((new_at, size), (stack_at, 4096), (arena_at, 4096)):
-            resident = _resident_pages(at, length)
-            assert resident == (length if at == new_at else 0), (hex(at), resident)
+        assert resident_bytes(stack_at, 4096) == 0 and resident_bytes(arena_at, 4096) == 0
     finally:
         for m in (old, new, stack, arena, small):
             m.close()
@@ -140,26 +139,14 @@ def test_a_buffer_merged_with_a_stack_below_and_an_arena_above_is_filled_alone(t
         m, at = private_anonymous(stack + size + (64 << 20), prot=PROT_NONE)
         _mprotect(at + 4096, stack - 4096 + size + used, rw)
         deadline = time.monotonic() + 10
-        while _resident_pages(at + stack, size) < size and time.monotonic() < deadline:
+        while resident_bytes(at + stack, size) < size and time.monotonic() < deadline:
             time.sleep(0.02)
         time.sleep(0.1)
     try:
-        assert _resident_pages(at + stack, size) == size, w
-        assert _resident_pages(at + 4096, stack - 4096) == 0 and _resident_pages(at + stack + size, used) == 0
+        assert resident_bytes(at + stack, size) == size, w
+        assert resident_bytes(at + 4096, stack - 4096) == 0 and resident_bytes(at + stack + size, used) == 0
     finally:
         m.close()
-
-
-def _resident_pages(address: int, length: int) -> int:
-    """Resident bytes of [address, address + length) by mincore (the range may be part of a larger mapping)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-    pages = (length + 4095) // 4096
-    vec = ctypes.create_string_buffer(pages)
-    assert libc.mincore(address, length, vec) == 0, ctypes.get_errno()
-    return sum(b & 1 for b in vec.raw) * 4096
 
 
 def test_the_filler_can_be_turned_off_and_a_bad_setting_is_named(tmp_path):
@@ -169,7 +156,7 @@ def test_the_filler_can_be_turned_off_and_a_bad_setting_is_named(tmp_path):
         time.sleep(0.2)
     try:
         assert w.fill_skipped == f"{FILL_ENV}=off" and w.filled_bytes == 0 and w.skipped == "" and w.passes >= 1
-        assert range_rss(new_at) == 0
+        assert resident_bytes(new_at, size) == 0
     finally:
         new.close()
     with watch_file_pages(str(tmp_path), env={WATCH_ENV: "off", FILL_ENV: "off"}) as both:
