@@ -146,25 +146,18 @@ def watch_file_pages(path: str, env=os.environ):
     reused by an anonymous mapping would lose that mapping's data), and whose new anonymous memory is written
     in full (XNNPACK's packed weights and workspace are: the filler only faults in earlier what the call
     touches anyway, so it moves no memory peak)."""
-    result = WatchResult()
     ms = interval_ms(env)
     fill = fill_wanted(env)
+    result = WatchResult(skipped=f"{WATCH_ENV}=off" if ms is None else "",
+                         fill_skipped="" if fill else f"{FILL_ENV}=off")
     lib = library(env) if ms is not None or fill else None
-    if lib is None:
-        result.skipped = f"{WATCH_ENV}=off" if ms is None else status
-        result.fill_skipped = f"{FILL_ENV}=off" if not fill else status
-        yield result
-        return
-    if ms is None:
-        result.skipped = f"{WATCH_ENV}=off"
-    if not fill:
-        result.fill_skipped = f"{FILL_ENV}=off"
     # one watch per process (the library's state is static): a second concurrent watch is refused (EBUSY)
     rc = lib.sdp_watch_start(os.path.realpath(path).encode() if ms is not None else None, ms or DEFAULT_INTERVAL_MS,
-                             int(fill))
-    if rc != 0:
-        result.skipped = result.skipped or f"the watch did not start ({os.strerror(rc)})"
-        result.fill_skipped = result.fill_skipped or f"the watch did not start ({os.strerror(rc)})"
+                             int(fill)) if lib is not None else 0
+    if lib is None or rc != 0:
+        why = status if lib is None else f"the watch did not start ({os.strerror(rc)})"
+        result.skipped = result.skipped or why
+        result.fill_skipped = result.fill_skipped or why
         yield result
         return
     passes, filled, fill_error = ctypes.c_ulong(), ctypes.c_ulonglong(), ctypes.c_int()
