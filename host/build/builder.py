@@ -81,7 +81,9 @@ def build_variant(variant: Variant, weights: WeightsSource, opts: BuildOptions, 
     keys = {c: component_key(c, cfg, variant, weights) for c in opts.components}
     build_key = cache.digest({"components": keys, "variant": variant.name, "blocks": opts.profile_blocks})
     manifest = store.load_build(build_key)
-    if manifest is not None:
+    # A build made with --no-verify never ran the diffusers gate; a verifying build takes it from the cache only
+    # once that gate has run on it (below, without converting again).
+    if manifest is not None and not (opts.verify and _unverified(manifest["components"].values())):
         store.link_latest(cfg.name, _label(variant), build_key)
         return manifest, store.build_dir(build_key), True
 
@@ -96,9 +98,19 @@ def build_variant(variant: Variant, weights: WeightsSource, opts: BuildOptions, 
             if meta is None:
                 log(f"[{variant.name}] {c}: converting ...")
                 meta = _build_component(c, cfg, variant, weights, keys[c], store, opts, log)
+            elif opts.verify and _unverified([meta]):
+                log(f"[{variant.name}] {c}: cached, built with --no-verify: running its diffusers gate ...")
+                meta = _verify_cached_component(c, cfg, weights, keys[c], store, meta, log, variant.name)
             else:
                 log(f"[{variant.name}] {c}: cached")
             comps[c] = meta
+
+    if manifest is not None:  # the build existed, only unverified: its files stay, its manifest says verified now
+        for c in opts.components:
+            manifest["components"][c] = {**comps[c], "file": f"{c}.tflite", "cache_key": keys[c]}
+        cache.write_json(store.build_dir(build_key) / "manifest.json", manifest)
+        store.link_latest(cfg.name, _label(variant), build_key)
+        return manifest, store.build_dir(build_key), False
 
     blocks = []
     if opts.profile_blocks:
@@ -171,13 +183,8 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
     y_base = run_torch(base)
     stages.mark("baseline PyTorch run")
     if opts.verify:
-        from host.build.reference import reference_module, reference_output
-
-        ref = reference_module(component, cfg, state)
-        y_ref = reference_output(component, ref, inputs, GATE_TIMESTEP)
-        del ref
+        results.append(_diffusers_gate(component, cfg, state, inputs, y_base))
         stages.mark("diffusers reference run")
-        results.append(gates.check("baseline_vs_diffusers", component, y_base, y_ref, "rel_err", gates.DIFFUSERS_REL_ERR))
         gates.enforce(results)
     gc.collect()
 
@@ -225,8 +232,7 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
         metric, bound = gates.variant_bounds(component, variant.quantization)
         results.append(gates.check("variant_vs_baseline", component, y_lite, y_base, metric, bound))
     for r in results:
-        log(f"[{variant.name}] {component}: {r.check} {r.metric}={r.value:.3g} (bound {r.bound:g}) "
-            f"{'ok' if r.passed else 'FAILED'}")
+        _log_gate(log, variant.name, component, r)
     gates.enforce(results)
 
     hist = tflite_info.op_histogram(str(out_path))
@@ -253,6 +259,52 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
     meta["stages"] = stages.rows
     store.commit(tmp, final, "component.json", meta)
     gc.collect()
+    return meta
+
+
+def _log_gate(log: Log, label: str, component: str, r) -> None:
+    log(f"[{label}] {component}: {r.check} {r.metric}={r.value:.3g} (bound {r.bound:g}) {'ok' if r.passed else 'FAILED'}")
+
+
+def _unverified(metas) -> bool:
+    return any(m.get("verified") is False for m in metas)
+
+
+def _diffusers_gate(component: str, cfg: ModelConfig, state: dict, inputs: dict, y_base):
+    """Our baseline PyTorch module's output ``y_base`` against diffusers' / transformers' module on the same
+    weight tensors (``state``) and inputs."""
+    from host.build import gates
+    from host.build.reference import reference_module, reference_output
+
+    ref = reference_module(component, cfg, state)
+    y_ref = reference_output(component, ref, inputs, GATE_TIMESTEP)
+    del ref
+    return gates.check("baseline_vs_diffusers", component, y_base, y_ref, "rel_err", gates.DIFFUSERS_REL_ERR)
+
+
+def _verify_cached_component(component: str, cfg: ModelConfig, weights: WeightsSource, key: str, store: cache.Store,
+                             meta: dict, log: Log, label: str) -> dict:
+    """Runs the diffusers gate that a --no-verify build of this component left out (its key holds the model code
+    and the weights the gate judges) and records it in the cached component; raises as a failed build would."""
+    import torch
+
+    from host.build import gates
+    from models.components import build_module, load_weights, sample_inputs
+
+    inputs = sample_inputs(component, cfg, seed=GATE_SEED, timestep=GATE_TIMESTEP)
+    base = build_module(component, cfg, get_variant("baseline").opts)
+    state = weights.state_dict(component, base)
+    load_weights(base, state)
+    with torch.no_grad():
+        y_base = base(**inputs).numpy()
+    gates.require_finite(component, "PyTorch output", y_base)
+    result = _diffusers_gate(component, cfg, state, inputs, y_base)
+    del base, state
+    gc.collect()
+    _log_gate(log, label, component, result)
+    gates.enforce([result])
+    meta = {**meta, "verified": True, "gates": [result.to_dict(), *meta.get("gates", [])]}
+    cache.write_json(store.component_dir(key) / "component.json", meta)
     return meta
 
 

@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_build_arguments(p)
     p.add_argument("--image-size", type=int, default=None, help="image side in pixels (multiple of 64; default: the model's)")
     p.add_argument("--components", nargs="+", default=list(COMPONENTS), choices=COMPONENTS)
-    p.add_argument("--no-verify", action="store_true", help="skip the diffusers conformance and variant gates (the .tflite check still runs)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the diffusers conformance gate (the .tflite and variant gates still run; a later build "
+                        "without this flag runs it on the cached components)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for running the .tflite gates")
     p.add_argument("--profile-blocks", action="store_true", help="also build the UNet as per-block models for per-block profiling")
     p.add_argument("--out", type=Path, help="also place the .tflite files and manifest.json of each variant under OUT/<variant>/")

@@ -284,3 +284,54 @@ def test_a_converted_module_is_freed_once_the_caller_drops_it(tmp_path):
     freed = converted(release=True)
     gc.collect()
     assert freed() is None
+
+
+def test_a_verifying_build_runs_the_gate_a_no_verify_build_left_out(tmp_path, monkeypatch):
+    """A --no-verify build is cached without the diffusers gate; the next verifying build runs that gate on the
+    cached component (no second conversion), records it, and refuses the component if the gate fails."""
+    from host.build import convert as convert_mod
+    from host.build import reference
+    from host.build.builder import BuildOptions, build_variant
+    from host.build.cli import parse_variant
+    from host.build.weights import resolve
+    from models.config import get_variant
+
+    conversions, references = [], []
+    real_convert, real_ref = convert_mod.convert, reference.reference_module
+    monkeypatch.setattr(convert_mod, "convert", lambda *a, **k: (conversions.append(a[0]), real_convert(*a, **k)))
+    monkeypatch.setattr(reference, "reference_module",
+                        lambda *a, **k: (references.append(a[0]), real_ref(*a, **k))[1])
+    weights = resolve("tiny", None, 0, None, str(tmp_path / "index.json"))
+    variant = get_variant(*parse_variant("cpu", "fp32"))
+
+    def build(verify: bool):
+        lines = []
+        out = build_variant(variant, weights, BuildOptions(root=tmp_path, components=("vae_decoder",), verify=verify),
+                            log=lines.append)
+        return out, lines
+
+    (manifest, folder, cached), _ = build(verify=False)
+    comp = manifest["components"]["vae_decoder"]
+    assert (conversions, references, cached) == (["vae_decoder"], [], False)
+    assert comp["verified"] is False and "baseline_vs_diffusers" not in [g["check"] for g in comp["gates"]]
+
+    (manifest, folder2, cached), lines = build(verify=True)
+    assert (conversions, references, cached, folder2) == (["vae_decoder"], ["vae_decoder"], False, folder)
+    assert any("built with --no-verify: running its diffusers gate" in s for s in lines)
+    for comp in (manifest["components"]["vae_decoder"],
+                 json.loads((folder / "manifest.json").read_text())["components"]["vae_decoder"]):
+        assert comp["verified"] is True
+        assert [g["check"] for g in comp["gates"]][0] == "baseline_vs_diffusers" and comp["gates"][0]["passed"]
+    (_, _, cached), lines = build(verify=True)
+    assert cached and references == ["vae_decoder"]
+
+    # the gate failing on a cached component: the build fails, nothing is marked verified
+    (tmp_path / "again").mkdir()
+    monkeypatch.setattr(gates, "DIFFUSERS_REL_ERR", 0.0)
+    opts = BuildOptions(root=tmp_path / "again", components=("vae_decoder",), verify=False)
+    build_variant(variant, weights, opts, log=lambda s: None)
+    opts.verify = True
+    with pytest.raises(gates.GateError, match="gate baseline_vs_diffusers failed"):
+        build_variant(variant, weights, opts, log=lambda s: None)
+    again = json.loads(next((tmp_path / "again" / "components").glob("*/component.json")).read_text())
+    assert again["verified"] is False
