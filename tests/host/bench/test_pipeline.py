@@ -55,6 +55,12 @@ def test_every_system_produces_finite_raw_samples(full_run, capsys):
             assert run["info"]["pandas_imported"] is False and run["info"]["torch_imported"] is False
         else:
             assert s["model_loads"][0] == 0.0
+        if system == "litert-example":  # its loads before the timed loop, timed all the same
+            setup = run["setup_load_seconds"]
+            assert set(setup) == set(pipeline.LITERT_EXAMPLE_FILES) and all(_finite_positive(v) for v in setup.values())
+            assert rec["stats"]["setup_loads"]["seconds"] == pytest.approx(sum(setup.values()))
+        else:
+            assert rec["stats"]["setup_loads"] is None
         assert rec["stats"]["generation_resident"]["median"] == pytest.approx(s["generation"][0] - s["model_loads"][0])
         assert _finite_positive(run["peak_rss_bytes"])
         st = rec["stats"]
@@ -137,6 +143,11 @@ def test_ratios_and_cross_checks(full_run):
     assert goals["optimized_generation_loads_vs_example"]["ratio"] == pytest.approx(
         gen["ours-optimized"] / gen["litert-example"])
     assert "gen. less loads" in text
+    lit_setup = report["systems"]["litert-example"]["stats"]["setup_loads"]["seconds"]
+    assert goals["optimized_generation_each_loads_vs_example"]["ratio"] == pytest.approx(
+        gen["ours-optimized"] / (gen["litert-example"] + lit_setup))
+    assert f"litert-example: its models opened in {lit_setup:.2f} s before the timed loop" in text
+    assert "generation with each side's model loads: ours-optimized / litert-example" in text
 
     # The step goal again on paired calls: both UNets in one process, alternating.
     pr = report["paired_step"]
