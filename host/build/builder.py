@@ -150,9 +150,6 @@ def build_variant(variant: Variant, weights: WeightsSource, opts: BuildOptions, 
 
 def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights: WeightsSource, key: str,
                      store: cache.Store, opts: BuildOptions, log: Log) -> dict:
-    import numpy as np
-    import torch
-
     from host.build import gates, tflite_info
     from host.build.convert import convert
     from host.runner.memory import reset_peak_rss
@@ -169,18 +166,12 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
     is_baseline = variant.opts == base_variant.opts and variant.quantization == "fp32"
     results: list[gates.GateResult] = []
 
-    def run_torch(module) -> np.ndarray:
-        with torch.no_grad():
-            y = module(**inputs).numpy()
-        gates.require_finite(component, "PyTorch output", y)
-        return y
-
     # 1. The fp32 baseline PyTorch module: the reference every variant is held to.
     base = build_module(component, cfg, base_variant.opts)
     state = weights.state_dict(component, base)
     load_weights(base, state)
     stages.mark("baseline module and weights")
-    y_base = run_torch(base)
+    y_base = _torch_output(component, base, inputs)
     stages.mark("baseline PyTorch run")
     if opts.verify:
         results.append(_diffusers_gate(component, cfg, state, inputs, y_base))
@@ -201,7 +192,7 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
         del base, state
         gc.collect()
         stages.mark("variant module")
-        y_var = run_torch(module)
+        y_var = _torch_output(component, module, inputs)
         stages.mark("variant PyTorch run")
     final = store.component_dir(key)
     tmp = store.staging(final)
@@ -262,6 +253,18 @@ def _build_component(component: str, cfg: ModelConfig, variant: Variant, weights
     return meta
 
 
+def _torch_output(component: str, module, inputs: dict):
+    """The module's output on the gate inputs as numpy, rejected if not finite."""
+    import torch
+
+    from host.build import gates
+
+    with torch.no_grad():
+        y = module(**inputs).numpy()
+    gates.require_finite(component, "PyTorch output", y)
+    return y
+
+
 def _log_gate(log: Log, label: str, component: str, r) -> None:
     log(f"[{label}] {component}: {r.check} {r.metric}={r.value:.3g} (bound {r.bound:g}) {'ok' if r.passed else 'FAILED'}")
 
@@ -286,8 +289,6 @@ def _verify_cached_component(component: str, cfg: ModelConfig, weights: WeightsS
                              meta: dict, log: Log, label: str) -> dict:
     """Runs the diffusers gate that a --no-verify build of this component left out (its key holds the model code
     and the weights the gate judges) and records it in the cached component; raises as a failed build would."""
-    import torch
-
     from host.build import gates
     from models.components import build_module, load_weights, sample_inputs
 
@@ -295,10 +296,7 @@ def _verify_cached_component(component: str, cfg: ModelConfig, weights: WeightsS
     base = build_module(component, cfg, get_variant("baseline").opts)
     state = weights.state_dict(component, base)
     load_weights(base, state)
-    with torch.no_grad():
-        y_base = base(**inputs).numpy()
-    gates.require_finite(component, "PyTorch output", y_base)
-    result = _diffusers_gate(component, cfg, state, inputs, y_base)
+    result = _diffusers_gate(component, cfg, state, inputs, _torch_output(component, base, inputs))
     del base, state
     gc.collect()
     _log_gate(log, label, component, result)

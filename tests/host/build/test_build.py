@@ -298,7 +298,7 @@ def test_a_verifying_build_runs_the_gate_a_no_verify_build_left_out(tmp_path, mo
 
     conversions, references = [], []
     real_convert, real_ref = convert_mod.convert, reference.reference_module
-    monkeypatch.setattr(convert_mod, "convert", lambda *a, **k: (conversions.append(a[0]), real_convert(*a, **k)))
+    monkeypatch.setattr(convert_mod, "convert", lambda *a, **k: (conversions.append(a[0]), real_convert(*a, **k))[1])
     monkeypatch.setattr(reference, "reference_module",
                         lambda *a, **k: (references.append(a[0]), real_ref(*a, **k))[1])
     weights = resolve("tiny", None, 0, None, str(tmp_path / "index.json"))
